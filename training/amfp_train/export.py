@@ -1,0 +1,149 @@
+"""Export a checkpoint to the ONNX model the daemon loads (DESIGN.md's metadata contract).
+
+* opset 17, ``torch.onnx.export(..., dynamo=False)``: the TorchScript exporter
+  gives the plain Conv/Relu/GlobalAveragePool/Gemm graph tract loads; the
+  dynamo exporter's output has been less predictable for tract.
+* BatchNorm folded into the convs before export (EdgeNet.fuse); the export
+  check below fails if a BatchNormalization node survives.
+* Input ``input`` NCHW float32 [N, C, roi, roi], output ``logits`` [N, classes].
+  The batch is dynamic by default (``--batch 0``); ``--batch 16`` fixes it,
+  which tract prefers (the daemon runs a fixed ROI batch).
+* Every ``amfp.*`` key of the contract is written; onnx.checker must pass and
+  onnxruntime must reproduce PyTorch's logits (max abs diff reported, 1e-4
+  tolerance by default).
+
+CLI::
+
+    python -m amfp_train.export --checkpoint build/model/checkpoint.pt --out build/model/amfp.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .models import build_model, fold_batchnorm
+
+log = logging.getLogger(__name__)
+
+REQUIRED_KEYS = (
+    "amfp.schema", "amfp.name", "amfp.task", "amfp.labels", "amfp.label_process",
+    "amfp.pixel_size_um", "amfp.roi_px", "amfp.channels", "amfp.mean", "amfp.std",
+    "amfp.min_foreground", "amfp.votes", "amfp.unknown_threshold", "amfp.trained_on",
+)
+
+
+def metadata_props(meta: dict) -> dict[str, str]:
+    """Checkpoint meta -> the contract's string-valued metadata_props."""
+    return {
+        "amfp.schema": "1",
+        "amfp.name": str(meta["name"]),
+        "amfp.task": str(meta["task"]),
+        "amfp.labels": json.dumps(list(meta["labels"])),
+        "amfp.label_process": json.dumps(dict(meta["label_process"])),
+        "amfp.pixel_size_um": repr(float(meta["pixel_size_um"])),
+        "amfp.roi_px": str(int(meta["roi_px"])),
+        "amfp.channels": str(int(meta["channels"])),
+        "amfp.mean": f"{float(meta['mean']):.7g}",
+        "amfp.std": f"{float(meta['std']):.7g}",
+        "amfp.min_foreground": repr(float(meta["min_foreground"])),
+        "amfp.votes": str(int(meta["votes"])),
+        "amfp.unknown_threshold": f"{float(meta['unknown_threshold']):.4f}",
+        "amfp.trained_on": str(meta["trained_on"]),
+    }
+
+
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    ck = torch.load(str(path), map_location="cpu", weights_only=False)
+    meta = ck["meta"]
+    model = build_model(ck["arch"], len(meta["labels"]), meta["channels"], **ck.get("model_kw", {}))
+    model.load_state_dict(ck["state_dict"])
+    model.eval()
+    return model, meta
+
+
+def check_metadata(model_proto) -> None:
+    """Raise if a contract key is missing or a JSON value does not parse / match the output size."""
+    props = {p.key: p.value for p in model_proto.metadata_props}
+    missing = [k for k in REQUIRED_KEYS if k not in props]
+    if missing:
+        raise ValueError(f"missing metadata keys: {missing}")
+    labels = json.loads(props["amfp.labels"])
+    lp = json.loads(props["amfp.label_process"])
+    if set(lp) != set(labels):
+        raise ValueError("amfp.label_process keys differ from amfp.labels")
+    out = model_proto.graph.output[0].type.tensor_type.shape.dim
+    if out and out[-1].HasField("dim_value") and out[-1].dim_value != len(labels):
+        raise ValueError(f"output has {out[-1].dim_value} classes, amfp.labels {len(labels)}")
+
+
+def export(checkpoint: str | Path, out: str | Path, batch: int = 0, name: str | None = None,
+           atol: float = 1e-4, parity_rois: int = 16, seed: int = 0) -> dict:
+    """Export, attach metadata, check; returns {'path', 'max_abs_diff', ...}."""
+    import onnx
+
+    model, meta = load_checkpoint(checkpoint)
+    if name:
+        meta = dict(meta, name=name)
+    fold_batchnorm(model)
+    c, r = meta["channels"], meta["roi_px"]
+    n = batch or 2
+    dummy = torch.zeros(n, c, r, r)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        model, (dummy,), str(out), dynamo=False, opset_version=17,
+        input_names=["input"], output_names=["logits"], do_constant_folding=True,
+        dynamic_axes=None if batch else {"input": {0: "n"}, "logits": {0: "n"}},
+    )
+    m = onnx.load(str(out))
+    del m.metadata_props[:]
+    for k, v in metadata_props(meta).items():
+        m.metadata_props.add(key=k, value=v)
+    m.doc_string = f"amfp model {meta['name']}: {meta['task']} from {r}px ROIs at {meta['pixel_size_um']} um/px"
+    onnx.checker.check_model(m, full_check=True)
+    check_metadata(m)
+    bn = [nd.name for nd in m.graph.node if nd.op_type == "BatchNormalization"]
+    if bn:
+        log.warning("BatchNormalization nodes left in the graph: %s", bn[:5])
+    onnx.save(m, str(out))
+
+    # parity: random normalised inputs (what ROIs look like after mean/std)
+    from .evaluate import ort_session
+
+    g = np.random.default_rng(seed)
+    x = g.standard_normal((batch or parity_rois, c, r, r)).astype(np.float32)
+    sess = ort_session(out)
+    y_ort = sess.run(None, {"input": x})[0]
+    with torch.no_grad():
+        y_pt = model(torch.from_numpy(x)).numpy()
+    diff = float(np.abs(y_ort - y_pt).max())
+    scale = float(np.abs(y_pt).max())
+    info = {"path": str(out), "max_abs_diff": diff, "logit_scale": scale, "batch": batch or "dynamic",
+            "batchnorm_nodes": len(bn), "ops": sorted({nd.op_type for nd in m.graph.node})}
+    log.info("exported %s: ORT vs torch max |diff| %.2e (logits up to %.1f), ops %s", out, diff, scale,
+             info["ops"])
+    if diff > atol * max(1.0, scale):
+        raise AssertionError(f"ONNX Runtime differs from PyTorch by {diff:.3g} (> {atol} x {max(1.0, scale):.3g})")
+    return info
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--batch", type=int, default=0, help="fixed batch (0: dynamic)")
+    ap.add_argument("--name", help="amfp.name (default: the checkpoint's)")
+    ap.add_argument("--atol", type=float, default=1e-4)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    print(json.dumps(export(a.checkpoint, a.out, a.batch, a.name, a.atol), indent=1))
+
+
+if __name__ == "__main__":
+    main()

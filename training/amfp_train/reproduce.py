@@ -1,0 +1,188 @@
+"""Reproduce the shipped model end to end, with fixed seeds:
+
+1. simulate the dataset with ``amfp synth``: the paper's 21 machines plus
+   four extra units of known models (5200-3, F3B-7, M2-7, S450-3) that are held
+   out of training as the open-set "unknown machines" (a sibling unit of a
+   known model is the hardest unknown there is);
+2. train the edge net (CPU, < 30 min on 2 cores; see docs/training.md);
+3. export f32 ONNX with the metadata contract, check parity with PyTorch;
+4. quantize to int8 QDQ (calibrated on training ROIs);
+5. calibrate amfp.unknown_threshold of both models;
+6. evaluate both on the test split: report.json, confusion PNGs, model card;
+7. copy the models, card and report into ``--models-dir`` (default ``models``).
+
+::
+
+    cargo build --release
+    python -m amfp_train.reproduce --amfp target/release/amfp --out build/model
+
+``--data DIR`` skips the simulation and trains on an existing dataset (real
+scans in the same layout, for example; then ``--holdout`` names held-out
+machines, if any). ``--quick`` shrinks everything for a smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# extra units simulated for the open set: one per process, each a new unit of a known model
+EXTRA_MACHINES = [("5200-3", "hp-mjf-5200"), ("F3B-7", "formlabs-form3b"),
+                  ("M2-7", "carbon-m2"), ("S450-3", "stratasys-f450mc")]
+
+# the shipped model's training settings (measured: docs/training.md)
+SHIPPED = {
+    "pixel_um": 21.2, "roi": 96, "min_fg": 0.8, "batch": 48, "epochs": 12, "steps": 220,
+    "widths": "16,32,64,96,128", "depths": "1,2,2,2,2", "lr": 3e-3, "lr_decay": 0.8,
+    "warmup_steps": 100, "time_budget_min": 27.0, "val_parts": 0,
+}
+QUICK = dict(SHIPPED, pixel_um=42.4, roi=32, batch=16, epochs=2, steps=10, widths="8,16,24",
+             depths="1,1,1", warmup_steps=5, time_budget_min=0.0, val_parts=16)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run(cmd: list[str], **kw) -> str:
+    log.info("$ %s", " ".join(cmd))
+    r = subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    return r.stdout
+
+
+def simulate(amfp: str, out: Path, parts: int, seed: int, extra: bool, machines: str = "",
+             synth_args: list[str] | None = None) -> Path:
+    """Write the fleet (paper + extra units) and simulate the dataset into out/data."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data"
+    fleet = out / "fleet.toml"
+    base = [amfp, "synth", "--seed", str(seed)]
+    if machines:
+        base += ["--machines", machines]
+    text = run(base + ["--print-fleet"])
+    if extra:
+        for name, model in EXTRA_MACHINES:
+            text += f'\n[[machine]]\nname = "{name}"\nmodel = "{model}"\n'
+    fleet.write_text(text)
+    cmd = [amfp, "synth", "--fleet", str(fleet), "--seed", str(seed), "--out", str(data),
+           "--parts-per-machine", str(parts), "--overwrite", *(synth_args or [])]
+    t0 = time.time()
+    run(cmd)
+    log.info("simulated in %.1f s", time.time() - t0)
+    return data
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--amfp", default="target/release/amfp", help="amfp binary (for `amfp synth`)")
+    ap.add_argument("--out", default="build/model")
+    ap.add_argument("--data", help="existing dataset: skip the simulation")
+    ap.add_argument("--parts-per-machine", type=int, default=150)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--machines", default="", help="simulate only these (comma-separated; default all 21)")
+    ap.add_argument("--no-extra", action="store_true", help="don't simulate extra held-out machines")
+    ap.add_argument("--holdout", default=None, help="held-out labels (default: the extra machines)")
+    ap.add_argument("--name", default="amfp-synth-v1")
+    ap.add_argument("--models-dir", default="models", help="where the shipped files go ('' = nowhere)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
+    ap.add_argument("--synth-arg", action="append", default=[], help="extra argument for amfp synth")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    from .calibrate import calibrate_models
+    from .evaluate import run_evaluation
+    from .export import export
+    from .quantize import quantize
+    from .train import parse_args as train_args
+    from .train import train
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    timings = {}
+    s = QUICK if a.quick else SHIPPED
+    if a.data:
+        data = Path(a.data)
+        source = f"dataset:{data.name}"
+        holdout = a.holdout or ""
+    else:
+        data = simulate(a.amfp, out, a.parts_per_machine, a.seed, not a.no_extra, a.machines, a.synth_arg)
+        source = f"synth:seed={a.seed};machines={'paper' if not a.machines else a.machines}" + \
+                 ("+" + ",".join(n for n, _ in EXTRA_MACHINES) if not a.no_extra else "") + \
+                 f";parts_per_machine={a.parts_per_machine}"
+        holdout = a.holdout if a.holdout is not None else ("" if a.no_extra else ",".join(n for n, _ in EXTRA_MACHINES))
+    timings["simulate_s"] = round(time.time() - t0, 1)
+
+    t = time.time()
+    targs = ["--data", str(data), "--out", str(out), "--name", a.name, "--source", source,
+             "--seed", str(a.seed), "--holdout", holdout, "--pixel-um", str(s["pixel_um"]),
+             "--roi", str(s["roi"]), "--min-fg", str(s["min_fg"]), "--batch", str(s["batch"]),
+             "--epochs", str(s["epochs"]), "--steps", str(s["steps"]), "--widths", s["widths"],
+             "--depths", s["depths"], "--lr", str(s["lr"]), "--lr-decay", str(s["lr_decay"]),
+             "--warmup-steps", str(s["warmup_steps"]), "--time-budget-min", str(s["time_budget_min"]),
+             "--val-parts", str(s["val_parts"]), "--threads", str(a.threads)]
+    ckpt = train(train_args(targs))
+    timings["train_s"] = round(time.time() - t, 1)
+
+    t = time.time()
+    f32 = out / f"{a.name}.onnx"
+    int8 = out / f"{a.name}.int8.onnx"
+    exp = export(ckpt, f32)
+    q = quantize(f32, data, int8, n_rois=512 if not a.quick else 64)
+    timings["export_quantize_s"] = round(time.time() - t, 1)
+
+    t = time.time()
+    cal = calibrate_models([f32, int8], data, out=out / "calibration.json",
+                           max_parts=16 if a.quick else None)
+    timings["calibrate_s"] = round(time.time() - t, 1)
+    t = time.time()
+    rep = run_evaluation(f32, int8, data, "test", out / "eval",
+                         max_parts=24 if a.quick else None, threads=a.threads or 2)
+    timings["evaluate_s"] = round(time.time() - t, 1)
+    timings["total_s"] = round(time.time() - t0, 1)
+
+    import onnxruntime
+    import torch
+
+    manifest = {
+        "name": a.name, "command": " ".join([sys.executable, "-m", "amfp_train.reproduce", *(argv or sys.argv[1:])]),
+        "seed": a.seed, "data": str(data), "holdout": holdout, "settings": s, "timings": timings,
+        "export": exp, "quantize": q, "calibration": cal,
+        "accuracy": {"f32": rep["f32"].get("accuracy"), "int8": rep.get("int8", {}).get("accuracy")},
+        "files": {p.name: sha256(p) for p in (f32, int8)},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "onnxruntime": onnxruntime.__version__, "machine": platform.machine()},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if a.models_dir:
+        md = Path(a.models_dir)
+        md.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f32, md / f32.name)
+        shutil.copy2(int8, md / int8.name)
+        shutil.copy2(out / "eval" / "model_card.md", md / f"{a.name}.md")
+        shutil.copy2(out / "eval" / "report.json", md / f"{a.name}.report.json")
+        shutil.copy2(out / "eval" / "confusion_f32.png", md / f"{a.name}.confusion.png")
+        shutil.copy2(out / "manifest.json", md / f"{a.name}.manifest.json")
+        log.info("shipped files in %s", md)
+    log.info("done in %.1f min: f32 accuracy %s, int8 %s", timings["total_s"] / 60,
+             manifest["accuracy"]["f32"], manifest["accuracy"]["int8"])
+    return manifest
+
+
+if __name__ == "__main__":
+    main()
