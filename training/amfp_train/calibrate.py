@@ -112,16 +112,15 @@ def calibration_scores(model_path, ds, seed: int = 4321, threads: int = 2, cache
     unknown = [p for p in ds.parts if p.label not in labels and p.split in ("train", "val")]
     if max_parts:
         known, unknown = known[:max_parts], unknown[:max_parts]
-    store = PartStore(meta["amfp.pixel_size_um"], cache_mb)
+    store = PartStore(meta["amfp.pixel_size_um"], meta["amfp.roi_px"], meta["amfp.min_foreground"], cache_mb)
     pred = ort_predictor(model_path, threads)
     out = []
     for group in (known, unknown):
         if not group:
             out.append(np.zeros(0))
             continue
-        pr = part_probs(pred, group, store, meta["amfp.votes"], meta["amfp.roi_px"],
-                        meta["amfp.min_foreground"], seed, meta["amfp.mean"], meta["amfp.std"],
-                        meta["amfp.channels"])
+        pr = part_probs(pred, group, store, meta["amfp.votes"], seed, meta["amfp.mean"],
+                        meta["amfp.std"], meta["amfp.channels"])
         pr = pr[~np.isnan(pr).any(axis=(1, 2))]
         out.append(vote_scores(pr)[1])
     return out[0], out[1]

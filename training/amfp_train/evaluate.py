@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from .dataset import Part, read_dataset
-from .roi import RoiError, crop, part_rng, sample_positions
+from .roi import RoiError, part_rng, sample_rois
 from .store import PartStore, to_input
 
 log = logging.getLogger(__name__)
@@ -44,21 +44,13 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def eval_rois(part: Part, store: PartStore, n: int, roi: int, min_fg: float, seed: int) -> np.ndarray:
+def eval_rois(part: Part, store: PartStore, n: int, seed: int) -> np.ndarray:
     """The part's `n` evaluation ROIs (no augmentation), the same on every call."""
-    rng = part_rng(seed, part.serial)
-    ims = store.get(part)
-    which = rng.integers(0, len(ims), size=n)
-    out = np.empty((n, roi, roi), dtype=np.float32)
-    for k in np.unique(which):
-        idx = np.nonzero(which == k)[0]
-        out[idx] = crop(ims[k], sample_positions(ims[k], len(idx), roi, min_fg, rng), roi)
-    return out
+    return sample_rois(store.get(part), n, part_rng(seed, part.serial))
 
 
-def part_probs(predict: Predict, parts: list[Part], store: PartStore, n: int, roi: int,
-               min_fg: float, seed: int, mean: float, std: float, channels: int,
-               batch: int = 16) -> np.ndarray:
+def part_probs(predict: Predict, parts: list[Part], store: PartStore, n: int, seed: int,
+               mean: float, std: float, channels: int, batch: int = 16) -> np.ndarray:
     """SoftMax outputs [parts, n, classes] for each part's evaluation ROIs.
 
     Parts too small for one ROI are skipped with a warning and get NaN rows.
@@ -66,7 +58,7 @@ def part_probs(predict: Predict, parts: list[Part], store: PartStore, n: int, ro
     res = None
     for i, p in enumerate(parts):
         try:
-            rois = eval_rois(p, store, n, roi, min_fg, seed)
+            rois = eval_rois(p, store, n, seed)
         except RoiError as e:
             log.warning("part %s: %s", p.serial, e)
             continue
@@ -227,12 +219,11 @@ def evaluate_model(model_path: str | Path, data: str | Path, split: str = "test"
     parts = ds.split(split)
     if max_parts:
         parts = parts[:max_parts]
-    store = PartStore(meta["amfp.pixel_size_um"], cache_mb)
+    store = PartStore(meta["amfp.pixel_size_um"], meta["amfp.roi_px"], meta["amfp.min_foreground"], cache_mb)
     n = votes or meta["amfp.votes"]
     t0 = time.time()
-    probs = part_probs(ort_predictor(model_path, threads), parts, store, n, meta["amfp.roi_px"],
-                       meta["amfp.min_foreground"], seed, meta["amfp.mean"], meta["amfp.std"],
-                       meta["amfp.channels"])
+    probs = part_probs(ort_predictor(model_path, threads), parts, store, n, seed, meta["amfp.mean"],
+                       meta["amfp.std"], meta["amfp.channels"])
     rep = metrics(probs, parts, labels, lp)
     rep["model"] = str(model_path)
     rep["split"] = split

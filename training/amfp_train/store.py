@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 
 
 class PartStore:
-    """Parts decoded, resampled to `pixel_um` and masked, with an LRU cap in MiB."""
+    """Parts decoded, resampled to `pixel_um`, masked for `roi`/`min_fg`, with an LRU cap in MiB."""
 
-    def __init__(self, pixel_um: float, cache_mb: float = 8000, mask_mode: str = "auto"):
-        self.pixel_um = pixel_um
+    def __init__(self, pixel_um: float, roi: int, min_fg: float, cache_mb: float = 8000,
+                 mask_mode: str = "auto"):
+        self.pixel_um, self.roi, self.min_fg = pixel_um, roi, min_fg
         self.cap = cache_mb * 2**20
         self.mask_mode = mask_mode
         self._cache: OrderedDict[str, list[PartImage]] = OrderedDict()
@@ -41,13 +42,13 @@ class PartStore:
         if hit is not None:
             self._cache.move_to_end(part.serial)
             return hit
-        ims = load_part_images(part, self.pixel_um, self.mask_mode)
-        size = sum(p.img.nbytes + p.sat.nbytes for p in ims)
+        ims = load_part_images(part, self.pixel_um, self.roi, self.min_fg, self.mask_mode)
+        size = sum(p.nbytes for p in ims)
         self._cache[part.serial] = ims
         self._bytes += size
         while self._bytes > self.cap and len(self._cache) > 1:
             _, old = self._cache.popitem(last=False)
-            self._bytes -= sum(p.img.nbytes + p.sat.nbytes for p in old)
+            self._bytes -= sum(p.nbytes for p in old)
         return ims
 
     @property
@@ -63,8 +64,7 @@ def to_input(rois: np.ndarray, mean: float, std: float, channels: int) -> np.nda
     return np.ascontiguousarray(x)
 
 
-def norm_stats(parts: list[Part], store: PartStore, roi: int, min_fg: float, seed: int,
-               n_rois: int = 1024) -> tuple[float, float]:
+def norm_stats(parts: list[Part], store: PartStore, seed: int, n_rois: int = 1024) -> tuple[float, float]:
     """Mean and std of pixel intensities over random training ROIs (stored in the model)."""
     rng = np.random.default_rng(seed)
     per = max(1, n_rois // max(1, len(parts)))
@@ -72,7 +72,7 @@ def norm_stats(parts: list[Part], store: PartStore, roi: int, min_fg: float, see
     s = s2 = 0.0
     n = 0
     for p in chosen:
-        r = sample_rois(store.get(p), per, roi, min_fg, rng).astype(np.float64)
+        r = sample_rois(store.get(p), per, rng).astype(np.float64)
         s += r.sum()
         s2 += (r * r).sum()
         n += r.size
@@ -108,7 +108,7 @@ class BalancedRois(torch.utils.data.IterableDataset):
         wid = info.id if info else 0
         rng = np.random.default_rng([self.seed, wid])
         store = self.store if (self.store is not None and info is None) else PartStore(
-            self.pixel_um, self.cache_mb, self.mask_mode)
+            self.pixel_um, self.roi, self.min_fg, self.cache_mb, self.mask_mode)
         k = self.rois_per_part
         while True:
             n_draw = -(-self.batch // k)
@@ -117,7 +117,7 @@ class BalancedRois(torch.utils.data.IterableDataset):
             for c in cls:
                 group = self.by_class[c]
                 p = group[rng.integers(len(group))]
-                xs.append(sample_rois(store.get(p), k, self.roi, self.min_fg, rng))
+                xs.append(sample_rois(store.get(p), k, rng))
                 ys.extend([c] * k)
             rois = augment(np.concatenate(xs)[: self.batch], rng)
             yield (torch.from_numpy(to_input(rois, self.mean, self.std, self.channels)),

@@ -155,13 +155,13 @@ def train(cfg: TrainConfig) -> Path:
     log.info("task %s: %d classes, %d train parts, %d val parts, device %s",
              cfg.task, len(labels), len(train_parts), len(val_parts), device)
 
-    store = PartStore(cfg.pixel_um, cfg.cache_mb, cfg.mask)
+    store = PartStore(cfg.pixel_um, cfg.roi, cfg.min_fg, cfg.cache_mb, cfg.mask)
     t0 = time.time()
     for p in train_parts + val_parts:  # decode once up front: errors surface now, timing is clean
         store.get(p)
     log.info("loaded %d parts in %.1fs (%.0f MiB cached)", len(train_parts) + len(val_parts),
              time.time() - t0, store.nbytes / 2**20)
-    mean, std = norm_stats(train_parts, store, cfg.roi, cfg.min_fg, cfg.seed)
+    mean, std = norm_stats(train_parts, store, cfg.seed)
     log.info("normalisation: mean %.5f std %.5f", mean, std)
 
     kw = dict(widths=cfg.widths, depths=cfg.depths, pool=cfg.pool, dropout=cfg.dropout) if cfg.arch == "edge" else {}
@@ -220,8 +220,8 @@ def train(cfg: TrainConfig) -> Path:
         if val_parts:
             model.eval()
             t_v = time.time()
-            pr = part_probs(torch_predictor(model, device), val_parts, store, cfg.votes, cfg.roi,
-                            cfg.min_fg, cfg.seed + 1, mean, std, cfg.channels, batch=64)
+            pr = part_probs(torch_predictor(model, device), val_parts, store, cfg.votes, cfg.seed + 1,
+                            mean, std, cfg.channels, batch=64)
             m = metrics(pr, val_parts, labels, label_process)
             ep.update(val_acc=m["accuracy"], val_roi_acc=m["roi_accuracy"],
                       val_acc_vs_rois=m["accuracy_vs_rois"], val_per_process=m["accuracy_per_process"],

@@ -5,7 +5,7 @@ import pytest
 
 from amfp_train.dataset import read_dataset
 from amfp_train.evaluate import eval_rois
-from amfp_train.roi import (PartImage, RoiError, augment, foreground_mask, integral, otsu,
+from amfp_train.roi import (RoiError, augment, foreground_mask, make_part_image, otsu,
                             sample_positions, sample_rois)
 from amfp_train.store import PartStore
 
@@ -39,9 +39,9 @@ def test_microscope_frames_are_all_foreground():
 @pytest.mark.parametrize("min_fg", [0.5, 0.9, 1.0])
 def test_sampler_respects_min_foreground(min_fg):
     img, mask = part_with_hole()
-    pim = PartImage(img.astype(np.float16), integral(mask))
     roi = 24
-    pos = sample_positions(pim, 200, roi, min_fg, np.random.default_rng(2))
+    pim = make_part_image(img, mask, roi, min_fg)
+    pos = sample_positions(pim, 200, np.random.default_rng(2))
     assert len(pos) == 200
     for y, x in pos:
         assert mask[y:y + roi, x:x + roi].mean() >= min_fg
@@ -51,33 +51,50 @@ def test_sampler_respects_min_foreground(min_fg):
 
 def test_sampler_falls_back_to_best_when_nothing_fits():
     img, mask = part_with_hole()
-    pim = PartImage(img.astype(np.float16), integral(mask))
-    pos = sample_positions(pim, 4, 90, 0.99, np.random.default_rng(3), max_tries=8)
-    assert len(pos) == 4  # best effort: the most foreground found
+    pim = make_part_image(img, mask, 90, 0.99)
+    assert pim.n_valid == 0
+    pos = sample_positions(pim, 4, np.random.default_rng(3))
+    assert len(pos) == 4  # best effort: the most-foreground corners
+    fg = [mask[y:y + 90, x:x + 90].mean() for y, x in pos]
+    assert min(fg) >= pim.best_fg[7] - 1e-9 and pim.best_fg[0] == max(
+        mask[y:y + 90, x:x + 90].mean() for y in range(0, 31) for x in range(0, 71))
     with pytest.raises(RoiError):
-        sample_positions(pim, 1, 200, 0.5, np.random.default_rng(3))
+        make_part_image(img, mask, 200, 0.5)
+
+
+def test_sampler_with_rare_valid_corners():
+    img, mask = part_with_hole()
+    pim = make_part_image(img, mask, 50, 0.98)  # only a few corners fit beside the hole
+    assert 0 < pim.n_valid and pim.dense is not None
+    pos = sample_positions(pim, 50, np.random.default_rng(5))
+    assert all(mask[y:y + 50, x:x + 50].mean() >= 0.98 for y, x in pos)
 
 
 def test_rois_from_dataset_lie_on_the_part(dataset):
     ds = read_dataset(dataset["dir"])
-    store = PartStore(42.4)
+    from amfp_train.dataset import load_gray, resample
+
+    store = PartStore(42.4, 32, 0.8)
     rng = np.random.default_rng(4)
     for p in ds.parts[:4]:
         ims = store.get(p)
         pim = ims[0]
-        pos = sample_positions(pim, 32, 32, 0.8, rng)
-        fg = pim.fg_fraction(pos[:, 0], pos[:, 1], 32)
+        img = resample(load_gray(p.files[0]), p.pixel_size_um, 42.4)
+        mask = foreground_mask(img, p.mode)
+        assert 0.2 < mask.mean() < 0.95, "a part on a background"
+        pos = sample_positions(pim, 32, rng)
+        fg = np.array([mask[y:y + 32, x:x + 32].mean() for y, x in pos])
         assert (fg >= 0.8).all(), f"{dataset['source']}: part {p.serial}"
-        rois = sample_rois(ims, 8, 32, 0.8, rng)
+        rois = sample_rois(ims, 8, rng)
         assert rois.shape == (8, 32, 32) and rois.dtype == np.float32
 
 
 def test_eval_rois_are_reproducible(dataset):
     ds = read_dataset(dataset["dir"])
     p = ds.parts[0]
-    a = eval_rois(p, PartStore(42.4), 16, 32, 0.8, seed=9)
-    b = eval_rois(p, PartStore(42.4), 16, 32, 0.8, seed=9)
-    c = eval_rois(p, PartStore(42.4), 16, 32, 0.8, seed=10)
+    a = eval_rois(p, PartStore(42.4, 32, 0.8), 16, seed=9)
+    b = eval_rois(p, PartStore(42.4, 32, 0.8), 16, seed=9)
+    c = eval_rois(p, PartStore(42.4, 32, 0.8), 16, seed=10)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 

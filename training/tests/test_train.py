@@ -42,7 +42,7 @@ def test_classes_are_sampled_evenly(tmp_path):
     a2 = [p for p in train if p.label == "a2"][:1]
     parts = a1 * 10 + a2
     it = iter(BalancedRois(parts, ["a1", "a2"], 21.2, 16, 0.5, 64, 0.5, 0.2, 1, seed=0,
-                           store=PartStore(21.2)))
+                           store=PartStore(21.2, 16, 0.5)))
     ys = np.concatenate([next(it)[1].numpy() for _ in range(20)])
     frac = (ys == 1).mean()
     assert 0.4 < frac < 0.6
