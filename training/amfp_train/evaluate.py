@@ -55,6 +55,8 @@ def part_probs(predict: Predict, parts: list[Part], store: PartStore, n: int, se
 
     Parts too small for one ROI are skipped with a warning and get NaN rows.
     """
+    if not parts:
+        return np.zeros((0, n, 0))
     res = None
     for i, p in enumerate(parts):
         try:

@@ -48,7 +48,7 @@ def dataset(tmp_path_factory) -> dict:
     b = amfp_bin()
     if b:
         cmd = [b, "synth", "--out", str(d), "--parts-per-machine", "4", "--seed", "3",
-               "--machines", SIM_MACHINES]
+               "--machines", SIM_MACHINES, "--split", "0.5,0.25,0.25", "--threads", "1"]
         subprocess.run(cmd, check=True, capture_output=True, timeout=600)
         return {"dir": d, "source": f"real simulator ({' '.join(cmd)})", "holdout": HOLDOUT["real"]}
     write_fake(d, parts_per_machine=4, size=240, seed=3)

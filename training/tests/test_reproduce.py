@@ -15,7 +15,8 @@ def test_reproduce_quick(dataset, tmp_path):
     args = ["--out", str(out), "--models-dir", str(models), "--quick", "--threads", "1", "--name", "amfp-quick"]
     b = amfp_bin()
     if b:  # the real simulator, two machines plus the four extra held-out units
-        args += ["--amfp", b, "--machines", "5200-1,S450-1", "--parts-per-machine", "3", "--seed", "11"]
+        args += ["--amfp", b, "--machines", "5200-1,S450-1", "--parts-per-machine", "4", "--seed", "11",
+                 "--synth-arg=--split=0.5,0.25,0.25", "--synth-arg=--threads=1"]
     else:
         args += ["--data", str(dataset["dir"]), "--holdout", dataset["holdout"]]
     print("reproduce ran on:", "real simulator" if b else dataset["source"])
