@@ -185,20 +185,24 @@ def assign_splits(parts: list[Part], seed: int, val_frac: float, test_frac: floa
 
 def load_gray(path: Path) -> np.ndarray:
     """Load an image as float32 intensities in [0, 1], whatever its bit depth."""
+    a, scale = load_gray_raw(path)
+    return np.clip(a.astype(np.float32) * scale, 0.0, 1.0)
+
+
+def load_gray_raw(path: Path) -> tuple[np.ndarray, float]:
+    """The image's own values (uint8, or float32 for other depths) and the factor to [0, 1]."""
     with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            a = np.asarray(im, dtype=np.float32)
-            scale = 65535.0
-        elif im.mode in ("L", "P", "RGB", "RGBA", "LA"):
-            a = np.asarray(im.convert("L"), dtype=np.float32)
-            scale = 255.0
-        elif im.mode == "F":
-            a = np.asarray(im, dtype=np.float32)
-            scale = 1.0
-        else:
-            a = np.asarray(im.convert("L"), dtype=np.float32)
-            scale = 255.0
-    return np.clip(a / scale, 0.0, 1.0)
+        if im.mode == "L":
+            return np.asarray(im, dtype=np.uint8).copy(), 1.0 / 255.0
+        return _load_float(im)
+
+
+def _load_float(im: Image.Image) -> tuple[np.ndarray, float]:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit PNG/TIFF
+        return np.asarray(im, dtype=np.float32), 1.0 / 65535.0
+    if im.mode == "F":
+        return np.asarray(im, dtype=np.float32), 1.0
+    return np.asarray(im.convert("L"), dtype=np.float32), 1.0 / 255.0
 
 
 def resample(img: np.ndarray, src_um: float, dst_um: float) -> np.ndarray:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -96,12 +97,15 @@ def export(checkpoint: str | Path, out: str | Path, batch: int = 0, name: str | 
     dummy = torch.zeros(n, c, r, r)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(
-        model, (dummy,), str(out), dynamo=False, opset_version=17,
-        input_names=["input"], output_names=["logits"], do_constant_folding=True,
-        dynamic_axes=None if batch else {"input": {0: "n"}, "logits": {0: "n"}},
-    )
+    with warnings.catch_warnings():  # the TorchScript exporter is chosen on purpose (tract)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model, (dummy,), str(out), dynamo=False, opset_version=17,
+            input_names=["input"], output_names=["logits"], do_constant_folding=True,
+            dynamic_axes=None if batch else {"input": {0: "n"}, "logits": {0: "n"}},
+        )
     m = onnx.load(str(out))
+    del m.graph.value_info[:]  # keep tract's fixed batch free of symbolic dims
     del m.metadata_props[:]
     for k, v in metadata_props(meta).items():
         m.metadata_props.add(key=k, value=v)

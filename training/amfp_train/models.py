@@ -57,12 +57,14 @@ class ConvBNReLU(nn.Module):
 class EdgeNet(nn.Module):
     """Plain conv net. `widths[i]`/`depths[i]`: channels and convs of stage i.
 
-    Stage 0 is the full-resolution stem (stride 1); every later stage starts
-    with a stride-2 conv.
+    Stage 0 is the stem (stride 1 at full resolution, or `stem_stride` 2: a
+    learned downsampling of native-resolution pixels, which keeps fine detail a
+    box filter would average away, e.g. a projector grid near 2 px); every
+    later stage starts with a stride-2 conv.
     """
 
     def __init__(self, num_classes: int, channels: int = 1, widths=None, depths=None,
-                 pool: str = "avg", dropout: float = 0.1):
+                 pool: str = "avg", dropout: float = 0.1, stem_stride: int = 1):
         super().__init__()
         widths = list(widths or EDGE_DEFAULT["widths"])
         depths = list(depths or EDGE_DEFAULT["depths"])
@@ -74,7 +76,7 @@ class EdgeNet(nn.Module):
         cin = channels
         for i, (w, d) in enumerate(zip(widths, depths)):
             for j in range(d):
-                layers.append(ConvBNReLU(cin, w, 2 if (i > 0 and j == 0) else 1))
+                layers.append(ConvBNReLU(cin, w, (2 if i > 0 else stem_stride) if j == 0 else 1))
                 cin = w
         self.features = nn.Sequential(*layers)
         self.pool = pool

@@ -31,6 +31,16 @@ from .store import BalancedRois
 log = logging.getLogger(__name__)
 
 
+class _NoPreprocessNag(logging.Filter):
+    """onnxruntime advises shape-inference pre-processing on every call; our graphs are plain convs."""
+
+    def filter(self, record):
+        return "pre-process" not in record.getMessage() and "pre-processing" not in record.getMessage()
+
+
+logging.getLogger().addFilter(_NoPreprocessNag())
+
+
 class RoiReader:
     """onnxruntime CalibrationDataReader over pre-drawn normalised training ROIs."""
 

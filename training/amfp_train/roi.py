@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dataset import Part, load_gray, resample
+from .dataset import Part, load_gray_raw, resample
 
 # Otsu's between-class / total variance ratio above which 'auto' believes a
 # scan shows a part on a background (scanner mode). A dark flat background
@@ -80,12 +80,13 @@ class PartImage:
     ``valid`` holds, bit-packed along x, whether the ROI whose top-left corner
     is at (y, x) has at least min_fg of its pixels on the part: computed once
     from an integral image of the mask, so drawing an accepted crop is a bit
-    lookup, and the cache costs ~2.1 bytes per pixel (float16 image + bits)
-    instead of 6 with a kept int32 integral image. ``best`` keeps the corners
+    lookup, and the cache costs ~1.1 bytes per pixel for 8-bit scans kept at
+    their own resolution (uint8 + bits) or ~2.1 (float16 + bits) for resampled
+    or 16-bit ones, instead of 6 with a kept int32 integral image. ``best`` keeps the corners
     with the most foreground for parts where no ROI passes (thin lattices).
     """
 
-    img: np.ndarray  # float16 intensities in [0, 1] (half the memory of float32; ~11 bits is plenty)
+    img: np.ndarray  # uint8 (scale 1/255) or float16 intensities (~11 bits is plenty)
     valid: np.ndarray  # packbits of bool [H - roi + 1, W - roi + 1] along axis 1
     n_valid: int
     roi: int
@@ -93,6 +94,7 @@ class PartImage:
     best: np.ndarray  # [k, 2] corners with the most foreground, best first
     best_fg: np.ndarray  # their foreground fractions
     dense: np.ndarray | None = None  # explicit valid corners when they are rare
+    scale: float = 1.0  # img * scale = intensity in [0, 1]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -106,8 +108,11 @@ class PartImage:
         return ((self.valid[ys, xs >> 3] >> (7 - (xs & 7))) & 1).astype(bool)
 
 
-def make_part_image(img: np.ndarray, mask: np.ndarray, roi: int, min_fg: float, keep_best: int = 64) -> PartImage:
-    """Precompute the valid-corner map of an image for ROIs of side `roi`."""
+def make_part_image(img: np.ndarray, mask: np.ndarray, roi: int, min_fg: float, keep_best: int = 64,
+                    raw: np.ndarray | None = None, scale: float = 1.0) -> PartImage:
+    """Precompute the valid-corner map of an image for ROIs of side `roi`.
+
+    `raw`/`scale`: keep these values (e.g. the 8-bit original) instead of `img` as float16."""
     h, w = img.shape
     if h < roi or w < roi:
         raise RoiError(f"image {w}x{h} is smaller than the ROI {roi}")
@@ -124,8 +129,9 @@ def make_part_image(img: np.ndarray, mask: np.ndarray, roi: int, min_fg: float, 
     dense = None
     if 0 < n_valid < 0.02 * ok.size:  # rejection sampling would be slow: list them
         dense = np.argwhere(ok).astype(np.int32)
-    return PartImage(img.astype(np.float16), np.packbits(ok, axis=1), n_valid, roi, min_fg, best,
-                     flat[top] / float(roi * roi), dense)
+    keep = raw if raw is not None else img.astype(np.float16)
+    return PartImage(keep, np.packbits(ok, axis=1), n_valid, roi, min_fg, best,
+                     flat[top] / float(roi * roi), dense, scale if raw is not None else 1.0)
 
 
 def load_part_images(part: Part, model_pixel_um: float, roi: int, min_fg: float,
@@ -133,9 +139,12 @@ def load_part_images(part: Part, model_pixel_um: float, roi: int, min_fg: float,
     """Read, area-resample to the model's pixel size and mask every image of a part."""
     out = []
     for f in part.files:
-        img = resample(load_gray(f), part.pixel_size_um, model_pixel_um)
+        raw, scale = load_gray_raw(f)
+        img = resample(np.clip(raw.astype(np.float32) * scale, 0.0, 1.0), part.pixel_size_um, model_pixel_um)
         mode = part.mode if mask_mode == "auto" else mask_mode
-        out.append(make_part_image(img, foreground_mask(img, mode), roi, min_fg))
+        same = raw.dtype == np.uint8 and img.shape == raw.shape
+        out.append(make_part_image(img, foreground_mask(img, mode), roi, min_fg,
+                                   raw=raw if same else None, scale=scale))
     return out
 
 
@@ -182,6 +191,8 @@ def crop(pim: PartImage, pos: np.ndarray) -> np.ndarray:
     out = np.empty((len(pos), roi, roi), dtype=np.float32)
     for i, (y, x) in enumerate(pos):
         out[i] = pim.img[y:y + roi, x:x + roi]
+    if pim.scale != 1.0:
+        out *= np.float32(pim.scale)
     return out
 
 

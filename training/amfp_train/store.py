@@ -55,6 +55,28 @@ class PartStore:
     def nbytes(self) -> int:
         return self._bytes
 
+    def preload(self, parts: list[Part], threads: int = 2) -> None:
+        """Decode parts in a thread pool (PNG decoding and numpy release the GIL), then cache them
+        in order. Stops early once the cache would overflow (the rest load on demand)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo = [p for p in parts if p.serial not in self._cache]
+        chunk = max(1, 4 * threads)
+        with ThreadPoolExecutor(max(1, threads)) as ex:
+            for i in range(0, len(todo), chunk):
+                group = todo[i:i + chunk]
+                loaded = list(ex.map(lambda p: load_part_images(p, self.pixel_um, self.roi, self.min_fg,
+                                                                 self.mask_mode), group))
+                for p, ims in zip(group, loaded):
+                    self._cache[p.serial] = ims
+                    self._bytes += sum(x.nbytes for x in ims)
+                if self._bytes > self.cap:
+                    while self._bytes > self.cap and len(self._cache) > 1:
+                        _, old = self._cache.popitem(last=False)
+                        self._bytes -= sum(x.nbytes for x in old)
+                    log.warning("part cache full (%.0f MiB): the rest loads on demand", self.cap / 2**20)
+                    return
+
 
 def to_input(rois: np.ndarray, mean: float, std: float, channels: int) -> np.ndarray:
     """[n, roi, roi] intensities -> normalised NCHW float32 (gray repeated for 3 channels)."""

@@ -51,6 +51,7 @@ class TrainConfig:
     widths: list[int] = field(default_factory=lambda: list(EDGE_DEFAULT["widths"]))
     depths: list[int] = field(default_factory=lambda: list(EDGE_DEFAULT["depths"]))
     pool: str = "avg"
+    stem_stride: int = 1
     dropout: float = 0.1
     channels: int = 1
     pretrained: bool = False
@@ -157,14 +158,15 @@ def train(cfg: TrainConfig) -> Path:
 
     store = PartStore(cfg.pixel_um, cfg.roi, cfg.min_fg, cfg.cache_mb, cfg.mask)
     t0 = time.time()
-    for p in train_parts + val_parts:  # decode once up front: errors surface now, timing is clean
-        store.get(p)
+    # decode once up front: errors surface now, and the training timing is clean
+    store.preload(train_parts + val_parts, cfg.threads or torch.get_num_threads())
     log.info("loaded %d parts in %.1fs (%.0f MiB cached)", len(train_parts) + len(val_parts),
              time.time() - t0, store.nbytes / 2**20)
     mean, std = norm_stats(train_parts, store, cfg.seed)
     log.info("normalisation: mean %.5f std %.5f", mean, std)
 
-    kw = dict(widths=cfg.widths, depths=cfg.depths, pool=cfg.pool, dropout=cfg.dropout) if cfg.arch == "edge" else {}
+    kw = dict(widths=cfg.widths, depths=cfg.depths, pool=cfg.pool, dropout=cfg.dropout,
+              stem_stride=cfg.stem_stride) if cfg.arch == "edge" else {}
     model = build_model(cfg.arch, len(labels), cfg.channels, cfg.pretrained, **kw).to(device)
     gflop = flops_per_roi(model.cpu(), cfg.channels, cfg.roi) / 1e9
     model.to(device)
@@ -261,6 +263,7 @@ def parse_args(argv=None) -> TrainConfig:
     ap.add_argument("--widths", type=_ints, default=d.widths)
     ap.add_argument("--depths", type=_ints, default=d.depths)
     ap.add_argument("--pool", default=d.pool, choices=["avg", "avgstd"])
+    ap.add_argument("--stem-stride", type=int, default=d.stem_stride, choices=[1, 2])
     ap.add_argument("--dropout", type=float, default=d.dropout)
     ap.add_argument("--channels", type=int, default=d.channels, choices=[1, 3])
     ap.add_argument("--pretrained", action="store_true", help="timm pretrained weights (needs a hub)")

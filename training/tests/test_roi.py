@@ -104,3 +104,21 @@ def test_augment_is_a_square_symmetry():
     for a, b in zip(r, out):
         syms = [np.rot90(a, k) for k in range(4)] + [np.rot90(a, k)[:, ::-1] for k in range(4)]
         assert any(np.array_equal(b, s) for s in syms)
+
+
+def test_8bit_scans_stay_uint8_at_native_pixel_size(tmp_path):
+    from PIL import Image
+
+    from amfp_train.dataset import Part, load_gray
+    from amfp_train.roi import crop, load_part_images
+
+    img, _ = part_with_hole()
+    Image.fromarray((img * 255).clip(0, 255).astype(np.uint8)).save(tmp_path / "p.png")
+    part = Part("p", "a", "train", [tmp_path / "p.png"], 10.6, "scanner")
+    native = load_part_images(part, 10.6, 24, 0.9)[0]
+    half = load_part_images(part, 21.2, 12, 0.9)[0]
+    assert native.img.dtype == np.uint8 and half.img.dtype == np.float16
+    pos = sample_positions(native, 5, np.random.default_rng(0))
+    ref = load_gray(tmp_path / "p.png")
+    for r, (y, x) in zip(crop(native, pos), pos):
+        assert np.allclose(r, ref[y:y + 24, x:x + 24], atol=1e-6)
