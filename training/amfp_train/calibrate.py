@@ -103,8 +103,7 @@ def set_metadata(path: str | Path, values: dict[str, str]) -> None:
 def calibration_scores(model_path, ds, seed: int = 4321, threads: int = 2, cache_mb: float = 8000,
                        max_parts: int | None = None):
     """Vote-fraction scores of known val parts and of held-out parts (train+val splits)."""
-    from .evaluate import ort_predictor, part_probs, read_meta, vote_scores
-    from .store import PartStore
+    from .evaluate import ort_predictor, part_probs, read_meta, shared_store, vote_scores
 
     meta = read_meta(model_path)
     labels = set(meta["amfp.labels"])
@@ -112,7 +111,7 @@ def calibration_scores(model_path, ds, seed: int = 4321, threads: int = 2, cache
     unknown = [p for p in ds.parts if p.label not in labels and p.split in ("train", "val")]
     if max_parts:
         known, unknown = known[:max_parts], unknown[:max_parts]
-    store = PartStore(meta["amfp.pixel_size_um"], meta["amfp.roi_px"], meta["amfp.min_foreground"], cache_mb)
+    store = shared_store(meta, cache_mb)
     pred = ort_predictor(model_path, threads)
     out = []
     for group in (known, unknown):

@@ -180,6 +180,19 @@ def read_meta(path: str | Path) -> dict:
     return out
 
 
+_STORES: dict = {}
+
+
+def shared_store(meta: dict, cache_mb: float = 8000) -> PartStore:
+    """One decoded-parts cache per (pixel size, ROI, min_fg), shared by f32/int8 evaluation and
+    calibration in one process: decoding the scans costs more than running the models."""
+    key = (meta["amfp.pixel_size_um"], meta["amfp.roi_px"], meta["amfp.min_foreground"])
+    if key not in _STORES:
+        _STORES.clear()
+        _STORES[key] = PartStore(*key, cache_mb)
+    return _STORES[key]
+
+
 def confusion_png(cm: np.ndarray | list, labels: list[str], path: str | Path, title: str) -> None:
     """Row-normalised confusion matrix with counts (rows: true, columns: predicted)."""
     import matplotlib
@@ -210,7 +223,8 @@ def confusion_png(cm: np.ndarray | list, labels: list[str], path: str | Path, ti
 
 def evaluate_model(model_path: str | Path, data: str | Path, split: str = "test", seed: int = 1234,
                    votes: int | None = None, threads: int = 2, cache_mb: float = 8000,
-                   max_parts: int | None = None, ds=None) -> tuple[dict, np.ndarray, list[Part]]:
+                   max_parts: int | None = None, ds=None, store: PartStore | None = None
+                   ) -> tuple[dict, np.ndarray, list[Part]]:
     """Evaluate an ONNX model on a dataset split: metrics on known parts, open set on unknown ones."""
     from .calibrate import open_set_rates
 
@@ -221,7 +235,7 @@ def evaluate_model(model_path: str | Path, data: str | Path, split: str = "test"
     parts = ds.split(split)
     if max_parts:
         parts = parts[:max_parts]
-    store = PartStore(meta["amfp.pixel_size_um"], meta["amfp.roi_px"], meta["amfp.min_foreground"], cache_mb)
+    store = store or shared_store(meta, cache_mb)
     n = votes or meta["amfp.votes"]
     t0 = time.time()
     probs = part_probs(ort_predictor(model_path, threads), parts, store, n, seed, meta["amfp.mean"],

@@ -40,14 +40,15 @@ log = logging.getLogger(__name__)
 EXTRA_MACHINES = [("5200-3", "hp-mjf-5200"), ("F3B-7", "formlabs-form3b"),
                   ("M2-7", "carbon-m2"), ("S450-3", "stratasys-f450mc")]
 
-# the shipped model's training settings (measured: docs/training.md)
+# the shipped model's training settings (measured: docs/training.md): native 10.6 um/px scans,
+# 192 px ROIs (2.0 mm), the stem learns the 2x downsampling, mean+std pooling
 SHIPPED = {
-    "pixel_um": 21.2, "roi": 96, "min_fg": 0.8, "batch": 48, "epochs": 12, "steps": 220,
-    "widths": "16,32,64,96,128", "depths": "1,2,2,2,2", "lr": 3e-3, "lr_decay": 0.8,
-    "warmup_steps": 100, "time_budget_min": 27.0, "val_parts": 0,
+    "pixel_um": 10.6, "roi": 192, "stem_stride": 2, "pool": "avgstd", "min_fg": 0.8, "batch": 48,
+    "epochs": 12, "steps": 250, "widths": "16,32,64,96,128", "depths": "1,2,2,2,2", "lr": 3e-3,
+    "lr_decay": 0.8, "warmup_steps": 100, "time_budget_min": 27.0, "val_parts": 0,
 }
-QUICK = dict(SHIPPED, pixel_um=42.4, roi=32, batch=16, epochs=2, steps=10, widths="8,16,24",
-             depths="1,1,1", warmup_steps=5, time_budget_min=0.0, val_parts=16)
+QUICK = dict(SHIPPED, pixel_um=42.4, roi=32, stem_stride=1, batch=16, epochs=2, steps=10,
+             widths="8,16,24", depths="1,1,1", warmup_steps=5, time_budget_min=0.0, val_parts=16)
 
 
 def sha256(path: Path) -> str:
@@ -133,7 +134,8 @@ def main(argv=None) -> dict:
              "--seed", str(a.seed), "--holdout", holdout, "--pixel-um", str(s["pixel_um"]),
              "--roi", str(s["roi"]), "--min-fg", str(s["min_fg"]), "--batch", str(s["batch"]),
              "--epochs", str(s["epochs"]), "--steps", str(s["steps"]), "--widths", s["widths"],
-             "--depths", s["depths"], "--lr", str(s["lr"]), "--lr-decay", str(s["lr_decay"]),
+             "--depths", s["depths"], "--stem-stride", str(s["stem_stride"]), "--pool", s["pool"],
+             "--lr", str(s["lr"]), "--lr-decay", str(s["lr_decay"]),
              "--warmup-steps", str(s["warmup_steps"]), "--time-budget-min", str(s["time_budget_min"]),
              "--val-parts", str(s["val_parts"]), "--threads", str(a.threads)]
     ckpt = train(train_args(targs))
