@@ -48,3 +48,15 @@ def test_classes_are_sampled_evenly(tmp_path):
     assert 0.4 < frac < 0.6
     x, _ = next(it)
     assert x.shape == (64, 1, 16, 16) and x.dtype == torch.float32
+
+
+def test_roi_batches_in_dataloader_workers(dataset):
+    """The GPU path cuts ROIs in DataLoader worker processes, each with its own part cache."""
+    ds = read_dataset(dataset["dir"])
+    labels = ds.labels()
+    data = BalancedRois(ds.split("train"), labels, 42.4, 32, 0.8, 8, 0.5, 0.2, 3, seed=1)
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1)
+    it = iter(loader)
+    x, y = next(it)
+    assert x.shape == (8, 3, 32, 32) and y.max() < len(labels)
+    del it
