@@ -102,6 +102,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     ap.add_argument("--synth-arg", action="append", default=[], help="extra argument for amfp synth")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help=f"override a training setting ({', '.join(SHIPPED)}); not for the shipped model")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -116,7 +118,12 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     timings = {}
-    s = QUICK if a.quick else SHIPPED
+    s = dict(QUICK if a.quick else SHIPPED)
+    for kv in a.set:
+        k, _, v = kv.partition("=")
+        if k not in s:
+            raise SystemExit(f"--set {kv}: unknown setting {k!r}")
+        s[k] = type(s[k])(v)
     if a.data:
         data = Path(a.data)
         source = f"dataset:{data.name}"

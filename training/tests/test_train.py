@@ -60,3 +60,18 @@ def test_roi_batches_in_dataloader_workers(dataset):
     x, y = next(it)
     assert x.shape == (8, 3, 32, 32) and y.max() < len(labels)
     del it
+
+
+def test_optimizers_and_schedule():
+    import pytest
+
+    from amfp_train.train import lr_factor, make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert isinstance(make_optimizer("adamw", params, 1e-3, 0.01), torch.optim.AdamW)
+    pytest.importorskip("timm")
+    assert type(make_optimizer("lamb", params, 1e-3, 0.01)).__name__ == "Lamb"
+    # warm-up, then exponential decay per epoch
+    assert lr_factor(0, 100, 10, 0.5) == 0.1
+    assert abs(lr_factor(100, 100, 10, 0.5) - 0.5) < 1e-12
+    assert abs(lr_factor(200, 100, 10, 0.5) - 0.25) < 1e-12
