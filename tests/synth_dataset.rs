@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use amfp::synth::Fleet;
+use amfp::synth::process::fdm::FdmParams;
 use amfp::synth::process::{Grid, PartContext, ProcessParams, Surface};
 use assert_cmd::Command;
 use predicates::prelude::*;
@@ -585,10 +586,20 @@ fn splits_are_by_part_stratified_and_stable() {
 // Drift with build number
 // ---------------------------------------------------------------------------------------------
 
-/// The fraction of a relief patch of an FDM part lying in the flat valley between roads
-/// (below 15 % of the crown height).
-fn fdm_valley_fraction(params: &ProcessParams, build: u32) -> f64 {
-    let (n, px) = (400, 0.01);
+/// The flank asymmetry of an FDM part's beads: across the roads, the mean steepness of the
+/// steeper flanks over that of the gentler ones. A symmetric bead gives 1; a bead whose halves
+/// are (1 - a) and (1 + a) half-widths wide gives about (1 + a) / (1 - a).
+fn fdm_flank_ratio(params: &ProcessParams, build: u32) -> f64 {
+    // Roughness, width ripple and wobble blur the flanks; the asymmetry is what is measured.
+    let ProcessParams::Fdm(p) = params else { unreachable!() };
+    let clean = ProcessParams::Fdm(FdmParams {
+        roughness_um: 0.0,
+        ripple_amp: 0.0,
+        wobble_amp_um: 0.0,
+        seam_amp_um: 0.0,
+        ..p.clone()
+    });
+    let (n, px) = (400, 0.005);
     let half = (n as f64 - 1.0) / 2.0 * px;
     let grid = Grid {
         width: n,
@@ -607,11 +618,24 @@ fn fdm_valley_fraction(params: &ProcessParams, build: u32) -> f64 {
         platform_half_diag_mm: 270.0,
     };
     let mut s = Surface::new(n, n);
-    params.render(&part, &grid, &mut s);
-    let mut sorted = s.relief_um.clone();
-    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let crown = sorted[sorted.len() * 99 / 100];
-    s.relief_um.iter().filter(|&&v| v < 0.15 * crown).count() as f64 / (n * n) as f64
+    clean.render(&part, &grid, &mut s);
+    let h = |c: usize, r: usize| f64::from(s.relief_um[r * n + c]);
+    // Roads run at +-45 degrees: slopes along both diagonals; the one across the roads varies most.
+    let mut diag = [Vec::new(), Vec::new()];
+    for r in 0..n - 1 {
+        for c in 1..n - 1 {
+            diag[0].push(h(c - 1, r + 1) - h(c, r));
+            diag[1].push(h(c + 1, r + 1) - h(c, r));
+        }
+    }
+    let energy = |v: &Vec<f64>| v.iter().map(|d| d * d).sum::<f64>();
+    let across = if energy(&diag[0]) > energy(&diag[1]) { &diag[0] } else { &diag[1] };
+    let mean = |f: &dyn Fn(f64) -> bool| {
+        let sel: Vec<f64> = across.iter().copied().filter(|&d| f(d)).collect();
+        sel.iter().map(|d| d.abs()).sum::<f64>() / sel.len() as f64
+    };
+    let (rise, fall) = (mean(&|d| d > 1e-6), mean(&|d| d < -1e-6));
+    rise.max(fall) / rise.min(fall)
 }
 
 #[test]
@@ -627,20 +651,23 @@ fn nozzle_wear_drifts_with_build_number() {
         a60 - a1 > 0.1,
         "S450-1 wears too little to test: {a1} -> {a60}"
     );
-    // On the surface: the narrower half of an asymmetric bead leaves a flat valley of
-    // asymmetry / 2 of the road pitch, so the valley widens by (a60 - a1) / 2.
-    let (v1, v60) = (
-        fdm_valley_fraction(&fleet.machine("S450-1").unwrap().params, 1),
-        fdm_valley_fraction(&fleet.machine("S450-1").unwrap().params, 60),
-    );
-    let (measured, predicted) = (v60 - v1, 0.5 * (a60 - a1));
+    // On the surface: the bead's flanks grow lopsided as the nozzle wears.
+    let params = &fleet.machine("S450-1").unwrap().params;
+    let (r1, r60) = (fdm_flank_ratio(params, 1), fdm_flank_ratio(params, 60));
+    let predicted = |a: f64| (1.0 + a) / (1.0 - a);
     eprintln!(
-        "valley fraction {v1:.4} -> {v60:.4}: +{measured:.4}, from the nozzle asymmetry {a1:.3} -> {a60:.3}: +{predicted:.4}"
+        "flank ratio {r1:.3} -> {r60:.3}; from the nozzle asymmetry {a1:.3} -> {a60:.3} the model says {:.3} -> {:.3}",
+        predicted(a1),
+        predicted(a60)
     );
-    assert!(
-        (measured / predicted - 1.0).abs() < 0.1,
-        "valley grew by {measured}, the model says {predicted}"
-    );
+    for (measured, a) in [(r1, a1), (r60, a60)] {
+        assert!(
+            (measured / predicted(a) - 1.0).abs() < 0.15,
+            "flank ratio {measured} at asymmetry {a}, the model says {}",
+            predicted(a)
+        );
+    }
+    assert!(r60 > r1 * 1.1, "the flanks did not grow lopsided: {r1} -> {r60}");
 
     // Through the binary: the same parts (same serials, so the same seeds, placement and sensor
     // noise) at builds 60.. instead of 1..: labels say so, and the images differ on the part's

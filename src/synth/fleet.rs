@@ -199,10 +199,12 @@ fn resolve(file: FleetFile) -> Result<Fleet, Vec<String>> {
 
 fn resolve_machine(entry: MachineEntry, seed: u64, spread: f64) -> Result<Machine, Vec<String>> {
     let mut errs = Vec::new();
-    if entry.name.is_empty()
+    if !entry.name.starts_with(|c: char| c.is_ascii_alphanumeric())
         || !entry.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     {
-        errs.push("name must be non-empty and use only letters, digits, '-', '_' and '.' (it names files)".into());
+        errs.push(
+            "name must start with a letter or digit and use only letters, digits, '-', '_' and '.' (it names files and folders)".into(),
+        );
     }
     let model = match (&entry.model, entry.process) {
         (Some(id), process) => match presets::model(id) {

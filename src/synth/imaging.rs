@@ -164,13 +164,15 @@ fn shade(surface: &Surface, material: &Material, spec: &ImagingSpec, rng: &mut S
             let e = (45.0f64 + rng.random_range(-2.0..2.0)).to_radians();
             vec![(0.0, -e.cos() as f32, e.sin() as f32)]
         }
-        // A ring light: four quadrants at a steeper angle.
+        // A ring light: four quadrants at a steeper angle. Real rings are never even (LEDs
+        // differ, the microscope leans a little), and the imbalance is what lets slopes show.
         Mode::Microscope => {
             let e = 55f64.to_radians();
             (0..4)
                 .map(|k| {
                     let a = f64::from(k) * PI / 2.0 + 0.3;
-                    ((a.cos() * e.cos()) as f32, (a.sin() * e.cos()) as f32, e.sin() as f32)
+                    let weight = rng.random_range(0.4..1.0);
+                    ((weight * a.cos() * e.cos()) as f32, (weight * a.sin() * e.cos()) as f32, (weight * e.sin()) as f32)
                 })
                 .collect()
         }

@@ -126,6 +126,8 @@ pub fn render(p: &FdmParams, part: &PartContext, grid: &Grid, s: &mut Surface) {
     let seam_width = 0.12;
     let road_seed = rng.random::<u64>();
     let rough = rough_field(grid.width, grid.height, &mut rng, (0.025 / grid.pixel_mm) as f32);
+    // How far (in pitches) the widest possible bead reaches past its road's edge.
+    let reach = (0.5 * (1.0 + p.ripple_amp) * (1.0 + asym) - 0.5).max(0.0);
     for row in 0..grid.height {
         for col in 0..grid.width {
             let (x, y) = grid.part_xy(col, row);
@@ -137,12 +139,23 @@ pub fn render(p: &FdmParams, part: &PartContext, grid: &Grid, s: &mut Surface) {
             let road = pos.floor();
             let u = pos - road;
             let road_i = road as i64;
-            let psi = TAU * f64::from(cell_uniform(road_i, 0, road_seed));
-            let width = 1.0 + p.ripple_amp * (ripple_k * along + psi).sin();
-            let mut t = (u - 0.5) / (0.5 * width);
-            t = if t < 0.0 { t / (1.0 - asym) } else { t / (1.0 + asym) };
-            let t = t.abs().min(1.0);
-            let bead = crown * (1.0 - t.powf(p.bead_flatness)).max(0.0).powf(inv_flat);
+            // A bead wider than its road (width ripple, a worn nozzle's wide side) spills onto
+            // its neighbours' ground: near a road's edge the neighbour's bead may stand higher.
+            let neighbours = if u < reach { -1..=0 } else if u > 1.0 - reach { 0..=1 } else { 0..=0 };
+            let (mut bead, mut t_top, mut top_road) = (0.0f64, 1.0f64, road_i);
+            for d in neighbours {
+                let r = road_i + d;
+                let psi = TAU * f64::from(cell_uniform(r, 0, road_seed));
+                let width = 1.0 + p.ripple_amp * (ripple_k * along + psi).sin();
+                let mut t = (u - d as f64 - 0.5) / (0.5 * width);
+                t = if t < 0.0 { t / (1.0 - asym) } else { t / (1.0 + asym) };
+                let t = t.abs().min(1.0);
+                let h = crown * (1.0 - t.powf(p.bead_flatness)).max(0.0).powf(inv_flat);
+                if h > bead || d == 0 && bead == 0.0 {
+                    (bead, t_top, top_road) = (h, t, r);
+                }
+            }
+            let (t, road_i) = (t_top, top_road);
             let seam_v = seam_v0 + 0.3 * (f64::from(cell_uniform(road_i, 1, road_seed)) - 0.5);
             let dv = (along - seam_v) / seam_width;
             let seam = if dv.abs() < 3.0 { p.seam_amp_um * (-dv * dv).exp() * (1.0 - t) } else { 0.0 };
