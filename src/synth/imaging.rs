@@ -119,6 +119,8 @@ pub fn capture(
 
     let mut surface = Surface::new(width, height);
     params.render(part, &grid, &mut surface);
+    warp(&mut surface, &grid, rng);
+    vary_locally(&mut surface, &grid, rng);
     let coverage = match spec.mode {
         Mode::Scanner => Some(part_coverage(design, &grid)),
         Mode::Microscope => None,
@@ -132,13 +134,83 @@ pub fn capture(
     }
     illuminate(&mut radiance, width, height, spec.mode, rng);
     add_dust(&mut radiance, width, height, pixel_mm, rng);
-    let defocus_um = match spec.mode {
-        Mode::Scanner => rng.random_range(4.0..8.0),
-        Mode::Microscope => rng.random_range(1.5..5.0),
-    };
-    let radiance = gaussian_blur(width, height, radiance, (defocus_um / spec.pixel_um) as f32);
+    let radiance = defocus(radiance, &grid, spec, rng);
     let pixels = record(&radiance, spec, rng);
     Scan { width, height, bit_depth: spec.bit_depth, pixels, orientation }
+}
+
+/// How much a part's relief and albedo vary from place to place on its surface, and over what
+/// distance (mm). A part's faces see different local conditions while they are made (the heat
+/// of nearby geometry, resin flow, powder packing), so the machine's signature is the same
+/// everywhere only on average: one ROI alone can mislead, a vote over many does not.
+const LOCAL_RELIEF: f32 = 0.3;
+const LOCAL_ALBEDO: f32 = 0.05;
+const LOCAL_SCALE_MM: f64 = 1.5;
+
+/// Local strain of the part (shrinkage and warping vary with the geometry): the surface is
+/// displaced by a smooth field whose gradient, the strain, reaches about this fraction. Every
+/// periodic texture's local pitch wanders by as much, so a unit's pitch is exact only on average.
+const LOCAL_STRAIN: f64 = 0.012;
+
+fn warp(surface: &mut Surface, grid: &Grid, rng: &mut SimRng) {
+    let amplitude_px = (LOCAL_STRAIN * LOCAL_SCALE_MM / grid.pixel_mm) as f32;
+    let dx = smooth_field(grid, rng.random::<u32>(), LOCAL_SCALE_MM, 0.0, 1.0);
+    let dy = smooth_field(grid, rng.random::<u32>(), LOCAL_SCALE_MM, 0.0, 1.0);
+    let (w, h) = (surface.width, surface.height);
+    let sample = |plane: &[f32], x: f32, y: f32| {
+        let x = x.clamp(0.0, (w - 1) as f32);
+        let y = y.clamp(0.0, (h - 1) as f32);
+        let (x0, y0) = (x.floor() as usize, y.floor() as usize);
+        let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
+        let (tx, ty) = (x - x0 as f32, y - y0 as f32);
+        let top = plane[y0 * w + x0] * (1.0 - tx) + plane[y0 * w + x1] * tx;
+        let bottom = plane[y1 * w + x0] * (1.0 - tx) + plane[y1 * w + x1] * tx;
+        top * (1.0 - ty) + bottom * ty
+    };
+    let mut relief = vec![0f32; w * h];
+    let mut albedo = vec![0f32; w * h];
+    for row in 0..h {
+        for col in 0..w {
+            let i = row * w + col;
+            let (x, y) = (col as f32 + amplitude_px * dx[i], row as f32 + amplitude_px * dy[i]);
+            relief[i] = sample(&surface.relief_um, x, y);
+            albedo[i] = sample(&surface.albedo, x, y);
+        }
+    }
+    surface.relief_um = relief;
+    surface.albedo = albedo;
+}
+
+fn vary_locally(surface: &mut Surface, grid: &Grid, rng: &mut SimRng) {
+    let relief = smooth_field(grid, rng.random::<u32>(), LOCAL_SCALE_MM, 0.0, 1.0);
+    let albedo = smooth_field(grid, rng.random::<u32>(), LOCAL_SCALE_MM, 0.0, 1.0);
+    for (((z, a), r), b) in surface.relief_um.iter_mut().zip(surface.albedo.iter_mut()).zip(&relief).zip(&albedo) {
+        *z *= 1.0 + LOCAL_RELIEF * r;
+        *a *= 1.0 + LOCAL_ALBEDO * b;
+    }
+}
+
+/// Defocus that varies across the frame: a part never lies perfectly flat in a shallow depth of
+/// field. The frame is blurred at the sharpest and the softest focus of the instrument's range
+/// and the two are mixed by a smooth field.
+fn defocus(radiance: Vec<f32>, grid: &Grid, spec: &ImagingSpec, rng: &mut SimRng) -> Vec<f32> {
+    let (sharp_um, soft_um) = match spec.mode {
+        Mode::Scanner => (rng.random_range(3.0..5.0), rng.random_range(7.0..12.0)),
+        Mode::Microscope => (rng.random_range(1.0..2.5), rng.random_range(3.0..6.0)),
+    };
+    let (w, h) = (grid.width, grid.height);
+    let mix = smooth_field(grid, rng.random::<u32>(), 2.0 * LOCAL_SCALE_MM, 0.0, 1.0);
+    let soft = gaussian_blur(w, h, radiance.clone(), (soft_um / spec.pixel_um) as f32);
+    let sharp = gaussian_blur(w, h, radiance, (sharp_um / spec.pixel_um) as f32);
+    sharp
+        .iter()
+        .zip(&soft)
+        .zip(&mix)
+        .map(|((&a, &b), &m)| {
+            let t = (0.5 + m).clamp(0.0, 1.0);
+            a + (b - a) * t
+        })
+        .collect()
 }
 
 /// Fraction of each pixel covered by the part (anti-aliased edge from the signed distance).

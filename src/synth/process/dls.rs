@@ -12,7 +12,7 @@ use std::f64::consts::TAU;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
-use super::{Grid, PartContext, Surface, gauss, jitter_abs, jitter_rel};
+use super::{Grid, PartContext, Surface, gauss, jitter_abs, jitter_log, jitter_rel};
 use crate::synth::seeds::{SimRng, cell_uniform, name_hash, rng_for};
 
 /// Machine parameters of a DLS (projector) printer.
@@ -89,14 +89,14 @@ impl DlsParams {
 
     pub(super) fn deviate(&self, rng: &mut SimRng, k: f64) -> Self {
         Self {
-            pixel_pitch_um: jitter_rel(rng, self.pixel_pitch_um, 0.004, k),
+            pixel_pitch_um: jitter_rel(rng, self.pixel_pitch_um, 0.012, k),
             pitch_aspect: jitter_abs(rng, self.pitch_aspect, 0.003, k),
             grid_rotation_deg: jitter_abs(rng, self.grid_rotation_deg, 0.5, k),
-            cure_relief_um: jitter_rel(rng, self.cure_relief_um, 0.1, k),
-            edge_softness: jitter_rel(rng, self.edge_softness, 0.1, k).clamp(0.01, 0.5),
-            fixed_pattern: jitter_rel(rng, self.fixed_pattern, 0.2, k).max(0.0),
-            dead_pixel_fraction: jitter_rel(rng, self.dead_pixel_fraction, 0.5, k).max(0.0),
-            hot_pixel_fraction: jitter_rel(rng, self.hot_pixel_fraction, 0.5, k).max(0.0),
+            cure_relief_um: jitter_rel(rng, self.cure_relief_um, 0.2, k),
+            edge_softness: jitter_rel(rng, self.edge_softness, 0.25, k).clamp(0.01, 0.5),
+            fixed_pattern: jitter_rel(rng, self.fixed_pattern, 0.4, k).max(0.0),
+            dead_pixel_fraction: jitter_log(rng, self.dead_pixel_fraction, 1.0, k),
+            hot_pixel_fraction: jitter_log(rng, self.hot_pixel_fraction, 1.0, k),
             nonuniformity: jitter_rel(rng, self.nonuniformity, 0.25, k).max(0.0),
             nonuniformity_period_mm: jitter_rel(rng, self.nonuniformity_period_mm, 0.2, k),
             nonuniformity_growth_per_build: jitter_rel(rng, self.nonuniformity_growth_per_build, 0.3, k).max(0.0),

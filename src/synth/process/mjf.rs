@@ -78,10 +78,10 @@ impl MjfParams {
 
     pub(super) fn deviate(&self, rng: &mut SimRng, k: f64) -> Self {
         Self {
-            grain_median_um: jitter_rel(rng, self.grain_median_um, 0.04, k),
-            grain_sigma: jitter_rel(rng, self.grain_sigma, 0.08, k).clamp(0.0, 1.0),
-            grain_coverage: jitter_rel(rng, self.grain_coverage, 0.08, k),
-            grain_relief: jitter_rel(rng, self.grain_relief, 0.08, k).clamp(0.0, 1.0),
+            grain_median_um: jitter_rel(rng, self.grain_median_um, 0.08, k),
+            grain_sigma: jitter_rel(rng, self.grain_sigma, 0.15, k).clamp(0.0, 1.0),
+            grain_coverage: jitter_rel(rng, self.grain_coverage, 0.15, k),
+            grain_relief: jitter_rel(rng, self.grain_relief, 0.15, k).clamp(0.0, 1.0),
             droplet_pitch_um: jitter_rel(rng, self.droplet_pitch_um, 0.002, k),
             droplet_contrast: jitter_rel(rng, self.droplet_contrast, 0.2, k).max(0.0),
             streak_angle_deg: jitter_abs(rng, self.streak_angle_deg, 1.5, k),

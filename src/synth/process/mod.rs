@@ -134,6 +134,12 @@ pub(crate) fn jitter_rel(rng: &mut SimRng, x: f64, rel: f64, spread: f64) -> f64
     x * (1.0 + gauss(rng) * rel * spread)
 }
 
+/// Log-normal deviation `x * exp(N(0, sigma * spread))`: for rates that vary by factors
+/// from unit to unit (dead pixels per million), never below zero.
+pub(crate) fn jitter_log(rng: &mut SimRng, x: f64, sigma: f64, spread: f64) -> f64 {
+    x * (gauss(rng) * sigma * spread).exp()
+}
+
 /// Additive deviation `x + N(0, sd * spread)`.
 pub(crate) fn jitter_abs(rng: &mut SimRng, x: f64, sd: f64, spread: f64) -> f64 {
     x + gauss(rng) * sd * spread

@@ -80,14 +80,14 @@ impl SlaParams {
 
     pub(super) fn deviate(&self, rng: &mut SimRng, k: f64) -> Self {
         Self {
-            hatch_pitch_um: jitter_rel(rng, self.hatch_pitch_um, 0.004, k),
-            spot_um: jitter_rel(rng, self.spot_um, 0.05, k),
+            hatch_pitch_um: jitter_rel(rng, self.hatch_pitch_um, 0.015, k),
+            spot_um: jitter_rel(rng, self.spot_um, 0.1, k),
             scan_angle_deg: jitter_abs(rng, self.scan_angle_deg, 0.5, k),
             line_relief_um: jitter_rel(rng, self.line_relief_um, 0.1, k),
-            dose_albedo: jitter_rel(rng, self.dose_albedo, 0.15, k).max(0.0),
-            galvo_ripple_period_mm: jitter_rel(rng, self.galvo_ripple_period_mm, 0.1, k),
-            galvo_ripple_um: jitter_rel(rng, self.galvo_ripple_um, 0.25, k).max(0.0),
-            power_noise: jitter_rel(rng, self.power_noise, 0.25, k).max(0.0),
+            dose_albedo: jitter_rel(rng, self.dose_albedo, 0.3, k).max(0.0),
+            galvo_ripple_period_mm: jitter_rel(rng, self.galvo_ripple_period_mm, 0.25, k),
+            galvo_ripple_um: jitter_rel(rng, self.galvo_ripple_um, 0.45, k).max(0.0),
+            power_noise: jitter_rel(rng, self.power_noise, 0.45, k).max(0.0),
             layer_pitch_um: self.layer_pitch_um,
             layer_line_um: jitter_rel(rng, self.layer_line_um, 0.2, k).max(0.0),
             spot_growth_per_build: jitter_rel(rng, self.spot_growth_per_build, 0.3, k).max(0.0),
