@@ -24,7 +24,6 @@ machines, if any). ``--quick`` shrinks everything for a smoke test.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import platform
@@ -33,6 +32,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .dataset import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,6 @@ SHIPPED = {
 }
 QUICK = dict(SHIPPED, pixel_um=42.4, roi=32, stem_stride=1, batch=16, epochs=2, steps=10,
              widths="8,16,24", depths="1,1,1", warmup_steps=5, time_budget_min=0.0, val_parts=16)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def run(cmd: list[str], **kw) -> str:
@@ -173,7 +166,7 @@ def main(argv=None) -> dict:
         "seed": a.seed, "data": str(data), "holdout": holdout, "settings": s, "timings": timings,
         "export": exp, "quantize": q, "calibration": cal,
         "accuracy": {"f32": rep["f32"].get("accuracy"), "int8": rep.get("int8", {}).get("accuracy")},
-        "files": {p.name: sha256(p) for p in (f32, int8)},
+        "files": {p.name: sha256_file(p) for p in (f32, int8)},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "onnxruntime": onnxruntime.__version__, "machine": platform.machine()},
     }
