@@ -52,6 +52,21 @@ QUICK = dict(SHIPPED, pixel_um=42.4, roi=32, stem_stride=1, batch=16, epochs=2, 
              widths="8,16,24", depths="1,1,1", warmup_steps=5, time_budget_min=0.0, val_parts=16)
 
 
+def source_revision() -> dict:
+    """The git commit the run was made from, and whether the tree had uncommitted changes: the
+    simulator's code fixes every pixel of the training data, so a model is reproducible only
+    from the commit that made it."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src", "training"],
+                               check=True, capture_output=True, text=True).stdout.strip() != ""
+        return {"git_commit": commit, "uncommitted_changes": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": None, "uncommitted_changes": None}
+
+
 def run(cmd: list[str], **kw) -> str:
     log.info("$ %s", " ".join(cmd))
     r = subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
@@ -162,6 +177,7 @@ def main(argv=None) -> dict:
     import torch
 
     manifest = {
+        "source": source_revision(),
         "name": a.name, "command": " ".join([sys.executable, "-m", "amfp_train.reproduce", *(argv or sys.argv[1:])]),
         "seed": a.seed, "data": str(data), "holdout": holdout, "settings": s, "timings": timings,
         "export": exp, "quantize": q, "calibration": cal,

@@ -2,6 +2,8 @@
 train, export, quantize, calibrate, evaluate, install the files."""
 
 import json
+import subprocess
+from pathlib import Path
 
 import onnx
 
@@ -26,7 +28,12 @@ def test_reproduce_quick(dataset, tmp_path):
         assert (models / f).is_file(), f
     meta = {p.key: p.value for p in onnx.load(str(models / "amfp-quick.onnx")).metadata_props}
     assert meta["amfp.name"] == "amfp-quick"
-    assert json.loads((models / "amfp-quick.manifest.json").read_text())["files"] == m["files"]
+    manifest = json.loads((models / "amfp-quick.manifest.json").read_text())
+    assert manifest["files"] == m["files"]
+    # The run names the commit it came from (this test runs in the project's git checkout).
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    assert manifest["source"]["git_commit"] == commit
     if b:
         assert meta["amfp.trained_on"].startswith("synth:seed=11")
         assert "M2-7" not in json.loads(meta["amfp.labels"])
