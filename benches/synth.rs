@@ -40,11 +40,7 @@ fn spec(machines: &[&str], mode: Mode, parts: u32) -> DatasetSpec {
             bit_depth: 8,
         },
         jpeg_quality: None,
-        split: SplitFractions {
-            train: 0.7,
-            val: 0.15,
-            test: 0.15,
-        },
+        split: SplitFractions::default(),
         layout: Layout::Flat,
     }
 }

@@ -434,11 +434,7 @@ fn spec_for(
             bit_depth: 16,
         },
         jpeg_quality: None,
-        split: SplitFractions {
-            train: 0.7,
-            val: 0.15,
-            test: 0.15,
-        },
+        split: SplitFractions::default(),
         layout: Layout::Flat,
     }
 }

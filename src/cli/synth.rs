@@ -53,7 +53,7 @@ pub struct SynthArgs {
     #[arg(long, value_enum, default_value_t = Layout::Flat)]
     pub layout: Layout,
     /// Train, validation and test fractions of each machine's parts.
-    #[arg(long, default_value = "0.7,0.15,0.15", value_parser = SplitFractions::parse, value_name = "T,V,T")]
+    #[arg(long, default_value_t = SplitFractions::default(), value_parser = SplitFractions::parse, value_name = "T,V,T")]
     pub split: SplitFractions,
     /// Build number of each machine's first part (machines drift with builds).
     #[arg(long, default_value_t = 1, value_name = "N")]

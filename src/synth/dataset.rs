@@ -41,6 +41,20 @@ pub struct SplitFractions {
     pub test: f64,
 }
 
+/// 70 % train, 15 % validation, 15 % test: the default of `amfp synth --split`.
+impl Default for SplitFractions {
+    fn default() -> Self {
+        Self { train: 0.7, val: 0.15, test: 0.15 }
+    }
+}
+
+/// Written as `amfp synth --split` takes it: "0.7,0.15,0.15".
+impl std::fmt::Display for SplitFractions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{},{}", self.train, self.val, self.test)
+    }
+}
+
 impl SplitFractions {
     /// Parses "0.7,0.15,0.15"; the three must be non-negative and sum to 1.
     pub fn parse(s: &str) -> Result<Self, String> {

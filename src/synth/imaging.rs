@@ -353,31 +353,17 @@ impl Scan {
     /// Encodes as PNG (8 or 16 bit gray), or as JPEG at the given quality (8 bit only).
     pub fn encode(&self, jpeg_quality: Option<u8>) -> Result<Vec<u8>, image::ImageError> {
         use image::ImageEncoder;
-        let mut out = Vec::new();
         let (w, h) = (self.width as u32, self.height as u32);
-        match (self.bit_depth, jpeg_quality) {
-            (8, Some(q)) => {
-                let bytes: Vec<u8> = self.pixels.iter().map(|&v| v as u8).collect();
-                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, q).write_image(
-                    &bytes,
-                    w,
-                    h,
-                    image::ExtendedColorType::L8,
-                )?;
-            }
-            (8, None) => {
-                let bytes: Vec<u8> = self.pixels.iter().map(|&v| v as u8).collect();
-                image::codecs::png::PngEncoder::new(&mut out).write_image(&bytes, w, h, image::ExtendedColorType::L8)?;
-            }
-            (_, _) => {
-                let bytes: Vec<u8> = self.pixels.iter().flat_map(|v| v.to_ne_bytes()).collect();
-                image::codecs::png::PngEncoder::new(&mut out).write_image(
-                    &bytes,
-                    w,
-                    h,
-                    image::ExtendedColorType::L16,
-                )?;
-            }
+        let (bytes, color): (Vec<u8>, _) = if self.bit_depth == 8 {
+            (self.pixels.iter().map(|&v| v as u8).collect(), image::ExtendedColorType::L8)
+        } else {
+            (self.pixels.iter().flat_map(|v| v.to_ne_bytes()).collect(), image::ExtendedColorType::L16)
+        };
+        let mut out = Vec::new();
+        match jpeg_quality {
+            // JPEG holds 8 bits: the encoder refuses L16 with an error rather than truncating.
+            Some(q) => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, q).write_image(&bytes, w, h, color)?,
+            None => image::codecs::png::PngEncoder::new(&mut out).write_image(&bytes, w, h, color)?,
         }
         Ok(out)
     }
