@@ -63,6 +63,8 @@ pub struct Scan {
     pub pixels: Vec<u16>,
     /// Which of the 8 orientations the part was placed in (0-3: quarter turns, 4-7: flipped).
     pub orientation: u8,
+    /// Pixel size on the part, µm; recorded in the file so that readers need no side channel.
+    pub pixel_um: f64,
 }
 
 /// The image-to-part rotation for an orientation (quarter turns, then a flip) and a small angle.
@@ -136,7 +138,7 @@ pub fn capture(
     add_dust(&mut radiance, width, height, pixel_mm, rng);
     let radiance = defocus(radiance, &grid, spec, rng);
     let pixels = record(&radiance, spec, rng);
-    Scan { width, height, bit_depth: spec.bit_depth, pixels, orientation }
+    Scan { width, height, bit_depth: spec.bit_depth, pixels, orientation, pixel_um: spec.pixel_um }
 }
 
 /// How much a part's relief and albedo vary from place to place on its surface, and over what
@@ -350,21 +352,63 @@ fn record(radiance: &[f32], spec: &ImagingSpec, rng: &mut SimRng) -> Vec<u16> {
 }
 
 impl Scan {
-    /// Encodes as PNG (8 or 16 bit gray), or as JPEG at the given quality (8 bit only).
+    /// Encodes as PNG (8 or 16 bit gray), or as JPEG at the given quality (8 bit only), with
+    /// the pixel size recorded (PNG `pHYs` in pixels per metre, JPEG JFIF density in dots per
+    /// inch or per cm, whichever is closer), so that `amfp identify` reads it from the file.
     pub fn encode(&self, jpeg_quality: Option<u8>) -> Result<Vec<u8>, image::ImageError> {
         use image::ImageEncoder;
         let (w, h) = (self.width as u32, self.height as u32);
-        let (bytes, color): (Vec<u8>, _) = if self.bit_depth == 8 {
-            (self.pixels.iter().map(|&v| v as u8).collect(), image::ExtendedColorType::L8)
-        } else {
-            (self.pixels.iter().flat_map(|v| v.to_ne_bytes()).collect(), image::ExtendedColorType::L16)
-        };
         let mut out = Vec::new();
         match jpeg_quality {
-            // JPEG holds 8 bits: the encoder refuses L16 with an error rather than truncating.
-            Some(q) => image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, q).write_image(&bytes, w, h, color)?,
-            None => image::codecs::png::PngEncoder::new(&mut out).write_image(&bytes, w, h, color)?,
+            Some(q) => {
+                let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, q);
+                enc.set_pixel_density(jfif_density(self.pixel_um));
+                // JPEG holds 8 bits: the encoder refuses L16 with an error rather than truncating.
+                let color =
+                    if self.bit_depth == 8 { image::ExtendedColorType::L8 } else { image::ExtendedColorType::L16 };
+                enc.write_image(&self.sample_bytes(u16::to_ne_bytes), w, h, color)?;
+            }
+            None => self.encode_png(&mut out).map_err(|e| image::ImageError::IoError(e.into()))?,
         }
         Ok(out)
     }
+
+    /// The samples as bytes: one per 8-bit sample, two per 16-bit sample in the given order
+    /// (native for `image`'s encoders, big-endian for PNG).
+    fn sample_bytes(&self, order: fn(u16) -> [u8; 2]) -> Vec<u8> {
+        if self.bit_depth == 8 {
+            self.pixels.iter().map(|&v| v as u8).collect()
+        } else {
+            self.pixels.iter().flat_map(|&v| order(v)).collect()
+        }
+    }
+
+    /// PNG with a `pHYs` chunk, through the `png` crate (`image`'s encoder writes no `pHYs`),
+    /// with `image`'s defaults (fast deflate, adaptive filter) so only the chunk is new.
+    fn encode_png(&self, out: &mut Vec<u8>) -> Result<(), png::EncodingError> {
+        let mut enc = png::Encoder::new(out, self.width as u32, self.height as u32);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_compression(png::Compression::Fast);
+        enc.set_filter(png::Filter::Adaptive);
+        let per_metre = (1e6 / self.pixel_um).round() as u32;
+        enc.set_pixel_dims(Some(png::PixelDimensions { xppu: per_metre, yppu: per_metre, unit: png::Unit::Meter }));
+        enc.set_depth(if self.bit_depth == 8 { png::BitDepth::Eight } else { png::BitDepth::Sixteen });
+        let mut writer = enc.write_header()?;
+        writer.write_image_data(&self.sample_bytes(u16::to_be_bytes))?;
+        writer.finish()
+    }
+}
+
+/// The JFIF density closest to a pixel size: dots per inch or per cm, whichever unit's
+/// whole-number density comes back nearer to `pixel_um`.
+fn jfif_density(pixel_um: f64) -> image::codecs::jpeg::PixelDensity {
+    use image::codecs::jpeg::{PixelDensity, PixelDensityUnit};
+    let candidate = |um_per_unit: f64, unit| {
+        let d = (um_per_unit / pixel_um).round().clamp(1.0, f64::from(u16::MAX));
+        let err = (um_per_unit / d - pixel_um).abs();
+        (err, PixelDensity { density: (d as u16, d as u16), unit })
+    };
+    let inch = candidate(25_400.0, PixelDensityUnit::Inches);
+    let cm = candidate(10_000.0, PixelDensityUnit::Centimeters);
+    if cm.0 < inch.0 { cm.1 } else { inch.1 }
 }

@@ -1,0 +1,456 @@
+//! Finding the part in a frame and drawing ROIs that lie on it, exactly as training does
+//! (`training/amfp_train/roi.py`): the model only knows ROIs cut the way it was trained on.
+//!
+//! The part is the brighter class of an Otsu threshold (a scan shows a part on a dark lid), or
+//! the whole frame (a microscope sees nothing but surface). An ROI is acceptable when at least
+//! `min_foreground` of its pixels are on the part; acceptability of every corner comes from an
+//! integral image, so drawing ROIs is O(1) per draw. Beyond training, the daemon refuses frames
+//! with no part in view or too little surface for a vote ([`PartSurface::new`]); the rules and
+//! thresholds are in docs/preprocessing.md.
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::optics::GrayF32;
+use crate::reject::Rejection;
+
+/// Otsu separability (between-class / total variance) at and above which `auto` takes a frame
+/// for a part on a background; below it, for all surface. Training's `AUTO_ETA`: simulated
+/// scans reach 0.92-0.997, microscope frames 0.61-0.72.
+pub const AUTO_ETA: f64 = 0.85;
+
+/// The part's median intensity must reach this, or what was found is background, not a part.
+/// Simulated empty scanner lids have medians of 0.19-0.21 (99th percentile at most 0.36),
+/// while the darkest simulated material (RPU 70, albedo 0.2) has a median of 0.42 under the
+/// microscope and 0.45 on the scanner; 0.30 sits in between (2x the lid's radiance after the
+/// 1/2.2 gamma) with margin on both sides.
+pub const PART_MIN_LEVEL: f32 = 0.30;
+
+/// When no ROI fits, a foreground below this fraction of the frame means no part is in view
+/// (specks or a glint), rather than a part too small or too thin.
+pub const NO_PART_FOREGROUND: f64 = 0.01;
+
+/// Default of `identify.min_surface_rois`: at least two ROIs' worth of distinct surface, so that
+/// the vote does not rest on one patch seen over and over.
+pub const DEFAULT_MIN_SURFACE_ROIS: f64 = 2.0;
+
+/// Valid corners below this fraction of all corners are listed and drawn from directly, since
+/// rejection sampling would need many draws (training's rule).
+const DENSE_BELOW: f64 = 0.02;
+
+/// Rejection-sampling rounds of max(16, 2n) draws before falling back to listing valid corners.
+const MAX_TRIES: usize = 64;
+
+/// How the part is told from the background.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskMode {
+    /// Otsu when the frame shows two clear classes (eta >= [`AUTO_ETA`]), else the whole frame.
+    Auto,
+    /// A part on a darker background (flatbed scans): the brighter Otsu class.
+    Otsu,
+    /// The whole frame is part surface (microscope frames).
+    Full,
+}
+
+/// An Otsu threshold and how well it separates the image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Otsu {
+    /// Foreground is strictly brighter than this (the upper edge of the best bin).
+    pub threshold: f32,
+    /// Between-class / total variance, in [0, 1]; 0 for a constant image.
+    pub eta: f64,
+}
+
+/// Otsu's threshold as training computes it (`roi.otsu`): 256 bins spanning [min, max] with
+/// numpy's bin edges (computed in f64, stored as f32), bin centres as class values, the first
+/// bin of maximal between-class variance, and its upper edge as the threshold. Keeping this
+/// identical keeps the daemon's mask identical to the one the model was trained with.
+pub fn otsu(pixels: &[f32]) -> Otsu {
+    const BINS: usize = 256;
+    let (lo, hi) = pixels.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    if pixels.is_empty() || f64::from(hi) - f64::from(lo) < 1e-9 {
+        return Otsu { threshold: if lo.is_finite() { lo } else { 0.0 }, eta: 0.0 };
+    }
+    let (lo64, hi64) = (f64::from(lo), f64::from(hi));
+    let step = (hi64 - lo64) / BINS as f64;
+    let mut edges = [0f32; BINS + 1];
+    for (i, e) in edges.iter_mut().enumerate() {
+        *e = (lo64 + i as f64 * step) as f32;
+    }
+    edges[BINS] = hi;
+    let norm = BINS as f64 / (hi64 - lo64);
+    let mut hist = [0u64; BINS];
+    for &v in pixels {
+        if !(v >= lo && v <= hi) {
+            continue; // NaN
+        }
+        let mut i = ((f64::from(v - lo)) * norm) as usize;
+        i = i.min(BINS - 1);
+        // numpy's correction against the stored edges: edges[i] <= v < edges[i + 1] (last bin closed).
+        if v < edges[i] && i > 0 {
+            i -= 1;
+        } else if v >= edges[i + 1] && i < BINS - 1 {
+            i += 1;
+        }
+        hist[i] += 1;
+    }
+    let total = hist.iter().sum::<u64>() as f64;
+    let centers: Vec<f64> = (0..BINS).map(|i| f64::from((edges[i] + edges[i + 1]) / 2.0)).collect();
+    let p: Vec<f64> = hist.iter().map(|&c| c as f64 / total).collect();
+    let mt: f64 = p.iter().zip(&centers).fold(0.0, |acc, (p, c)| acc + p * c);
+    let (mut w0, mut m0) = (0.0f64, 0.0f64);
+    let (mut best, mut best_k) = (f64::NEG_INFINITY, 0);
+    for k in 0..BINS {
+        w0 += p[k];
+        m0 += p[k] * centers[k];
+        let w1 = 1.0 - w0;
+        let mut between = (mt * w0 - m0).powi(2) / (w0 * w1);
+        if !between.is_finite() {
+            between = 0.0;
+        }
+        if between > best {
+            (best, best_k) = (between, k);
+        }
+    }
+    let var_t: f64 = p.iter().zip(&centers).map(|(p, c)| p * (c - mt).powi(2)).sum();
+    let eta = if var_t > 0.0 { best / var_t } else { 0.0 };
+    Otsu { threshold: edges[best_k + 1], eta }
+}
+
+/// Summed-area table with a zero first row and column, in wrapping u32 arithmetic: any
+/// rectangle's sum is exact as long as it is below 2^32 (an ROI holds at most 65535^2 pixels).
+struct Integral {
+    stride: usize,
+    sums: Vec<u32>,
+}
+
+impl Integral {
+    fn new(width: usize, height: usize, on: impl Fn(usize) -> bool) -> Self {
+        let stride = width + 1;
+        let mut sums = vec![0u32; stride * (height + 1)];
+        for y in 0..height {
+            let mut row = 0u32;
+            for x in 0..width {
+                row = row.wrapping_add(u32::from(on(y * width + x)));
+                sums[(y + 1) * stride + x + 1] = sums[y * stride + x + 1].wrapping_add(row);
+            }
+        }
+        Self { stride, sums }
+    }
+
+    /// Sum over [x0, x1) x [y0, y1).
+    fn rect(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> u32 {
+        let s = |x: usize, y: usize| self.sums[y * self.stride + x];
+        s(x1, y1).wrapping_sub(s(x0, y1)).wrapping_sub(s(x1, y0)).wrapping_add(s(x0, y0))
+    }
+}
+
+/// A frame at the model's pixel size with where the part is and where ROIs may be drawn.
+/// Built once per frame; sampling and cutting ROIs are then cheap.
+#[derive(Debug, Clone)]
+pub struct PartSurface {
+    img: GrayF32,
+    roi: u32,
+    mode: MaskMode,
+    foreground_fraction: f64,
+    /// Whether the ROI with its top-left corner at (x, y) is acceptable, row-major over
+    /// (width - roi + 1) x (height - roi + 1) corners.
+    valid: Vec<bool>,
+    valid_corners: usize,
+    /// The valid corners listed, when they are rare.
+    dense: Option<Vec<(u32, u32)>>,
+    surface_rois: f64,
+}
+
+impl PartSurface {
+    /// Finds the part and its acceptable ROI corners, or says why the frame cannot be judged.
+    ///
+    /// `img` is at the model's pixel size (from `optics::fit_to_model`); `roi_px`,
+    /// `min_foreground` come from the model; `min_surface_rois` is the least surface, in ROI
+    /// areas covered by the union of all acceptable ROIs, that a vote may rest on.
+    /// Rejections: [`Rejection::ViewTooSmall`] for an image smaller than an ROI;
+    /// [`Rejection::NoPart`] when the found region is as dark as an empty scanner lid
+    /// ([`PART_MIN_LEVEL`], under `auto` and `otsu`) or, with no acceptable ROI, covers under
+    /// [`NO_PART_FOREGROUND`] of the frame; [`Rejection::TooLittleSurface`] otherwise when
+    /// the surface is below `min_surface_rois`.
+    ///
+    /// # Panics
+    /// If `roi_px` is 0 or above 65535 (the model loader refuses such models), or if
+    /// `img.pixels` does not hold `width * height` values.
+    pub fn new(
+        img: GrayF32,
+        roi_px: u32,
+        min_foreground: f32,
+        mode: MaskMode,
+        min_surface_rois: f64,
+    ) -> Result<Self, Rejection> {
+        assert!((1..=65535).contains(&roi_px), "ROI side {roi_px} must be 1..=65535 pixels");
+        let (w, h, r) = (img.width as usize, img.height as usize, roi_px as usize);
+        assert_eq!(img.pixels.len(), w * h, "a {w}x{h} image needs {} pixels", w * h);
+        let sample_mm = f64::from(roi_px) * img.pixel_um / 1000.0;
+        if w < r || h < r {
+            let [view_w_mm, view_h_mm] = img.view_mm();
+            return Err(Rejection::ViewTooSmall { view_w_mm, view_h_mm, sample_mm });
+        }
+
+        let threshold = mask_threshold(&img.pixels, mode);
+        let used = if threshold.is_some() { MaskMode::Otsu } else { MaskMode::Full };
+        let on = |i: usize| threshold.is_none_or(|t| img.pixels[i] > t);
+        let foreground = (0..w * h).filter(|&i| on(i)).count();
+        let foreground_fraction = foreground as f64 / (w * h) as f64;
+
+        // Beyond training: unless the caller vouches that the frame is all surface (`full`),
+        // what was found must be brighter than an empty background.
+        if mode != MaskMode::Full && foreground > 0 {
+            let level = median((0..w * h).filter(|&i| on(i)).map(|i| img.pixels[i]).collect());
+            if level < PART_MIN_LEVEL {
+                return Err(Rejection::NoPart {
+                    detail: format!(
+                        "the brightest region has a median of {level:.2} of full scale, as dark as an empty background (a part reaches at least {PART_MIN_LEVEL:.2})"
+                    ),
+                });
+            }
+        }
+
+        // Acceptable corners: training's make_part_image.
+        let need = (decimal_f64(min_foreground) * (r * r) as f64 - 1e-9).ceil().max(0.0) as u64;
+        let valid = valid_corner_map(w, h, r, need, on);
+        let (cw, ch) = (w - r + 1, h - r + 1);
+        let valid_corners = valid.iter().filter(|&&v| v).count();
+        let too_little =
+            |surface_rois: f64| Rejection::TooLittleSurface { surface_rois, needed: min_surface_rois, sample_mm };
+        if valid_corners == 0 {
+            if foreground_fraction < NO_PART_FOREGROUND {
+                return Err(Rejection::NoPart {
+                    detail: format!(
+                        "only {:.2}% of the frame stands out from the background",
+                        100.0 * foreground_fraction
+                    ),
+                });
+            }
+            return Err(too_little(0.0));
+        }
+        let surface_rois = covered_pixels(&valid, cw, ch, w, h, r) as f64 / (r * r) as f64;
+        if surface_rois < min_surface_rois {
+            return Err(too_little(surface_rois));
+        }
+        let dense = ((valid_corners as f64) < DENSE_BELOW * valid.len() as f64).then(|| list_valid(&valid, cw));
+        Ok(Self { img, roi: roi_px, mode: used, foreground_fraction, valid, valid_corners, dense, surface_rois })
+    }
+
+    /// `n` top-left corners (x, y) of acceptable ROIs, uniform among them, reproducible for a
+    /// `seed` (ChaCha8). Candidates are drawn over the whole frame and kept when acceptable, as
+    /// the paper redraws rejected crops; when acceptable corners are rare they are listed and
+    /// drawn from directly.
+    pub fn sample(&self, n: usize, seed: u64) -> Vec<(u32, u32)> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let pick = |rng: &mut ChaCha8Rng, list: &[(u32, u32)]| list[rng.random_range(0..list.len())];
+        if let Some(dense) = &self.dense {
+            return (0..n).map(|_| pick(&mut rng, dense)).collect();
+        }
+        let (cw, ch) = self.corner_grid();
+        let mut out = Vec::with_capacity(n);
+        let mut draws = MAX_TRIES * n.saturating_mul(2).max(16);
+        while out.len() < n && draws > 0 {
+            draws -= 1;
+            let (x, y) = (rng.random_range(0..cw), rng.random_range(0..ch));
+            if self.valid[y * cw + x] {
+                out.push((x as u32, y as u32));
+            }
+        }
+        if out.len() < n {
+            let all = list_valid(&self.valid, cw);
+            while out.len() < n {
+                out.push(pick(&mut rng, &all));
+            }
+        }
+        out
+    }
+
+    /// Writes the ROI at `corner` (x, y), normalised as `(x - mean) / std`, into `out` in CHW
+    /// order, the gray plane repeated `channels` times: one slot of the model's input batch.
+    ///
+    /// # Panics
+    /// If the ROI leaves the image or `out` does not hold `channels * roi_px^2` values.
+    pub fn write_roi(&self, corner: (u32, u32), mean: f32, std: f32, channels: usize, out: &mut [f32]) {
+        let (r, w) = (self.roi as usize, self.img.width as usize);
+        let (x0, y0) = (corner.0 as usize, corner.1 as usize);
+        assert!(
+            x0 + r <= w && y0 + r <= self.img.height as usize,
+            "ROI at ({x0}, {y0}) leaves the {}x{} image",
+            w,
+            self.img.height
+        );
+        assert_eq!(out.len(), channels * r * r, "an ROI slot holds channels x roi x roi values");
+        let (plane, rest) = out.split_at_mut(r * r);
+        for (dy, dst) in plane.chunks_exact_mut(r).enumerate() {
+            let src = &self.img.pixels[(y0 + dy) * w + x0..][..r];
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = (v - mean) / std;
+            }
+        }
+        for copy in rest.chunks_exact_mut(r * r) {
+            copy.copy_from_slice(plane);
+        }
+    }
+
+    /// The image at the model's pixel size.
+    pub fn image(&self) -> &GrayF32 {
+        &self.img
+    }
+
+    /// Width of the image at the model's pixel size.
+    pub fn width(&self) -> u32 {
+        self.img.width
+    }
+
+    /// Height of the image at the model's pixel size.
+    pub fn height(&self) -> u32 {
+        self.img.height
+    }
+
+    /// ROI side, pixels.
+    pub fn roi_px(&self) -> u32 {
+        self.roi
+    }
+
+    /// The mask actually used: `otsu` or `full` (what `auto` decided).
+    pub fn mask_mode(&self) -> MaskMode {
+        self.mode
+    }
+
+    /// Fraction of the image on the part.
+    pub fn foreground_fraction(&self) -> f64 {
+        self.foreground_fraction
+    }
+
+    /// Number of acceptable ROI corners.
+    pub fn valid_corners(&self) -> usize {
+        self.valid_corners
+    }
+
+    /// Part surface the ROIs can cover: the area of the union of all acceptable ROIs, in ROI
+    /// areas. A vote over many ROIs inside a smaller area keeps re-reading the same patch.
+    pub fn surface_rois(&self) -> f64 {
+        self.surface_rois
+    }
+
+    /// Whether the ROI with its top-left corner at (x, y) is acceptable.
+    pub fn is_valid(&self, corner: (u32, u32)) -> bool {
+        let (cw, ch) = self.corner_grid();
+        let (x, y) = (corner.0 as usize, corner.1 as usize);
+        x < cw && y < ch && self.valid[y * cw + x]
+    }
+
+    /// Corners per row and per column.
+    fn corner_grid(&self) -> (usize, usize) {
+        let r = self.roi as usize;
+        (self.img.width as usize - r + 1, self.img.height as usize - r + 1)
+    }
+}
+
+/// The Otsu threshold above which pixels are part, or None for the whole frame (training's
+/// `foreground_mask`: `auto` takes the whole frame when Otsu's eta is below [`AUTO_ETA`]).
+fn mask_threshold(pixels: &[f32], mode: MaskMode) -> Option<f32> {
+    match mode {
+        MaskMode::Full => None,
+        MaskMode::Otsu => Some(otsu(pixels).threshold),
+        MaskMode::Auto => Some(otsu(pixels)).filter(|o| o.eta >= AUTO_ETA).map(|o| o.threshold),
+    }
+}
+
+/// Whether each ROI corner has at least `need` foreground pixels, from an integral image of
+/// the mask: row-major over (w - r + 1) x (h - r + 1) corners.
+fn valid_corner_map(w: usize, h: usize, r: usize, need: u64, on: impl Fn(usize) -> bool) -> Vec<bool> {
+    let fg = Integral::new(w, h, on);
+    let cw = w - r + 1;
+    let mut valid = vec![false; cw * (h - r + 1)];
+    for (y, row) in valid.chunks_exact_mut(cw).enumerate() {
+        for (x, v) in row.iter_mut().enumerate() {
+            *v = u64::from(fg.rect(x, y, x + r, y + r)) >= need;
+        }
+    }
+    valid
+}
+
+/// The f64 that an f32 read from decimal text stood for (0.8f32 -> 0.8, not 0.800000011920929),
+/// so that the acceptance count matches training, which used the f64.
+fn decimal_f64(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(f64::from(v))
+}
+
+/// Median of the values (the upper one of an even count).
+fn median(mut values: Vec<f32>) -> f32 {
+    let mid = values.len() / 2;
+    *values.select_nth_unstable_by(mid, f32::total_cmp).1
+}
+
+/// Pixels covered by at least one acceptable ROI: pixel (x, y) is covered when some valid
+/// corner lies in [x - r + 1, x] x [y - r + 1, y]; one integral image over the corner map
+/// answers that in O(1) per pixel.
+fn covered_pixels(valid: &[bool], cw: usize, ch: usize, w: usize, h: usize, r: usize) -> usize {
+    let corners = Integral::new(cw, ch, |i| valid[i]);
+    let mut covered = 0;
+    for y in 0..h {
+        let (y0, y1) = ((y + 1).saturating_sub(r), (y + 1).min(ch));
+        if y0 >= y1 {
+            continue;
+        }
+        for x in 0..w {
+            let (x0, x1) = ((x + 1).saturating_sub(r), (x + 1).min(cw));
+            if x0 < x1 && corners.rect(x0, y0, x1, y1) > 0 {
+                covered += 1;
+            }
+        }
+    }
+    covered
+}
+
+fn list_valid(valid: &[bool], cw: usize) -> Vec<(u32, u32)> {
+    valid.iter().enumerate().filter(|(_, v)| **v).map(|(i, _)| ((i % cw) as u32, (i / cw) as u32)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(width: u32, height: u32, f: impl Fn(u32, u32) -> f32) -> GrayF32 {
+        let pixels = (0..height).flat_map(|y| (0..width).map(move |x| (x, y))).map(|(x, y)| f(x, y)).collect();
+        GrayF32 { width, height, pixels, pixel_um: 10.0 }
+    }
+
+    #[test]
+    fn integral_rectangles() {
+        let on = [true, false, true, true, true, false];
+        let s = Integral::new(3, 2, |i| on[i]);
+        assert_eq!(s.rect(0, 0, 3, 2), 4);
+        assert_eq!(s.rect(1, 0, 3, 2), 2);
+        assert_eq!(s.rect(0, 1, 2, 2), 2);
+        assert_eq!(s.rect(1, 1, 1, 2), 0);
+    }
+
+    #[test]
+    fn surface_of_one_valid_corner_is_one_roi() {
+        // A bright 8x8 square in a 20x20 dark frame, ROI 8 at 100 %: exactly one corner.
+        let img = image(20, 20, |x, y| if (5..13).contains(&x) && (6..14).contains(&y) { 0.8 } else { 0.1 });
+        let s = PartSurface::new(img, 8, 1.0, MaskMode::Otsu, 0.5).unwrap();
+        assert_eq!(s.valid_corners(), 1);
+        assert!(s.is_valid((5, 6)));
+        assert_eq!(s.surface_rois(), 1.0);
+        assert_eq!(s.sample(3, 1), vec![(5, 6); 3]);
+    }
+
+    #[test]
+    fn mask_modes_are_lowercase_words() {
+        assert_eq!(serde_json::to_string(&MaskMode::Full).unwrap(), "\"full\"");
+        assert_eq!(serde_json::from_str::<MaskMode>("\"otsu\"").unwrap(), MaskMode::Otsu);
+    }
+
+    #[test]
+    fn decimal_text_of_f32() {
+        assert_eq!(decimal_f64(0.8), 0.8);
+        assert_eq!(decimal_f64(0.9), 0.9);
+    }
+}
