@@ -36,6 +36,87 @@ pub struct Settings {
     pub log: LogSettings,
     /// `[synth]`: defaults of `amfp synth`.
     pub synth: SynthSettings,
+    /// `[device]`: who this device is in results.
+    pub device: DeviceSettings,
+    /// `[model]`: which models judge the parts.
+    pub model: ModelSettings,
+    /// `[camera]`: what is known about the camera's optics.
+    pub camera: CameraSettings,
+    /// `[identify]`: how ROIs are drawn and voted.
+    pub identify: IdentifySettings,
+    /// `[mqtt]`: publishing to a fleet manager over MQTT.
+    pub mqtt: MqttSettings,
+}
+
+/// Identity of the device in results and MQTT topics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceSettings {
+    /// Device id; not set: the host name.
+    pub id: Option<String>,
+}
+
+/// The models that judge each part.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    /// The primary model (ONNX). Not set: the bundled reference model (see `model::bundled_model_path`).
+    pub path: Option<PathBuf>,
+    /// Further models judging the same part (e.g. build tray position); reported as `attributes`.
+    pub extra: Vec<PathBuf>,
+}
+
+/// The camera's optics, as configured or calibrated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CameraSettings {
+    /// µm per pixel on the part. Used when neither `--pixel-um` nor the image file says.
+    pub pixel_um: Option<f64>,
+    /// How the part is found in a frame: auto, otsu (part on a background) or full (all surface).
+    pub mask: crate::roi::MaskMode,
+}
+
+impl Default for CameraSettings {
+    fn default() -> Self {
+        Self { pixel_um: None, mask: crate::roi::MaskMode::Auto }
+    }
+}
+
+/// How ROIs are drawn and voted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentifySettings {
+    /// ROIs in the full vote; not set: the model's `amfp.votes`.
+    pub rois: Option<usize>,
+    /// ROIs per inference batch (and per early-stopping step).
+    pub batch: usize,
+    /// Early stopping: off, exact or sequential.
+    pub early_stop: crate::vote::StopRule,
+    /// Fewest ROIs before the sequential rule may stop.
+    pub min_rois: usize,
+    /// Confidence of the sequential rule in standard deviations.
+    pub z: f64,
+    /// Seed of the ROI positions.
+    pub seed: u64,
+    /// Candidates listed in results.
+    pub top_k: usize,
+    /// Least part surface, in ROI areas, for a vote.
+    pub min_surface_rois: f64,
+}
+
+impl Default for IdentifySettings {
+    fn default() -> Self {
+        Self {
+            rois: None,
+            batch: 4,
+            early_stop: crate::vote::StopRule::Sequential,
+            min_rois: 4,
+            z: 3.0,
+            seed: 0,
+            top_k: 3,
+            min_surface_rois: 2.0,
+        }
+    }
 }
 
 /// Logging defaults; `RUST_LOG` wins when set.
@@ -94,6 +175,10 @@ const PIXEL_ALLOWED: &str = "a positive number of µm, at most 1000";
 const MAX_PIXEL_UM: f64 = 1000.0;
 /// Largest accepted worker count: more is a typo, not a machine.
 const MAX_THREADS: usize = 1024;
+/// Smallest MQTT outbox: room for a few results of any realistic size.
+const MQTT_MIN_OUTBOX_BYTES: u64 = 64 * 1024;
+/// Largest MQTT outbox: more is a typo, not a disk.
+const MQTT_MAX_OUTBOX_BYTES: u64 = 1 << 40;
 
 /// What each key accepts, in words; used by type errors and value checks alike.
 const ALLOWED: &[(&str, &str)] = &[
@@ -107,6 +192,35 @@ const ALLOWED: &[(&str, &str)] = &[
         "synth.threads",
         "a whole number from 0 (one per core) to 1024",
     ),
+    ("device.id", "a non-empty name without / + # or spaces (it becomes part of MQTT topics)"),
+    ("model.path", "a path to an ONNX model exported for amfp"),
+    ("model.extra", "a list of paths to ONNX models exported for amfp"),
+    ("camera.pixel_um", PIXEL_ALLOWED),
+    ("camera.mask", "auto, otsu or full"),
+    ("identify.rois", "a whole number of ROIs from 1 to 256"),
+    ("identify.batch", "a whole number of ROIs from 1 to 64"),
+    ("identify.early_stop", "off, exact or sequential"),
+    ("identify.min_rois", "a whole number from 1 to 256"),
+    ("identify.z", "a number of standard deviations from 0.5 to 10"),
+    ("identify.seed", "a whole number (0 or more)"),
+    ("identify.top_k", "a whole number from 1 to 50"),
+    ("identify.min_surface_rois", "a number of ROI areas from 0 to 1000"),
+    ("mqtt.enabled", "true or false"),
+    ("mqtt.host", "a host name or IPv4 address, without scheme, port or spaces"),
+    ("mqtt.port", "a TCP port from 1 to 65535"),
+    ("mqtt.base", "a topic prefix without spaces, + or #, not starting or ending with /"),
+    ("mqtt.client_id", "a client id of 1 to 128 characters without spaces"),
+    ("mqtt.keep_alive_s", "a whole number of seconds from 5 to 3600"),
+    ("mqtt.username", "a non-empty user name"),
+    ("mqtt.password_file", "a path to a file holding the password (e.g. a systemd credential)"),
+    ("mqtt.ca_file", "a path to PEM CA certificates (setting it turns TLS on)"),
+    ("mqtt.client_cert_file", "a path to a PEM client certificate"),
+    ("mqtt.client_key_file", "a path to the PEM private key of the client certificate"),
+    ("mqtt.outbox_dir", "a path to a directory for undelivered results"),
+    ("mqtt.outbox_max_bytes", "a whole number of bytes from 65536 (64 KiB) to 1099511627776 (1 TiB)"),
+    ("mqtt.outbox_max_entries", "a whole number from 1 to 10000000"),
+    ("mqtt.reconnect_max_s", "a whole number of seconds from 1 to 3600"),
+    ("mqtt.shutdown_grace_s", "a whole number of seconds from 0 to 300"),
 ];
 
 /// What `key` accepts, in words, when the key is known.
@@ -158,6 +272,8 @@ impl Settings {
                 format!("{} is not allowed; expected 8 or 16", s.bit_depth),
             );
         }
+        self.check_identify(&mut bad);
+        self.check_mqtt(&mut bad);
         if s.threads > MAX_THREADS {
             bad(
                 "synth.threads",
@@ -169,6 +285,187 @@ impl Settings {
             );
         }
         out
+    }
+}
+
+impl Settings {
+    /// The checks of `[device]`, `[model]`, `[camera]` and `[identify]`.
+    fn check_identify(&self, bad: &mut impl FnMut(&'static str, String)) {
+        let mut out_of = |key: &'static str, shown: String| {
+            bad(key, format!("{shown} is not allowed; expected {}", allowed(key).unwrap_or_default()))
+        };
+        if let Some(id) = &self.device.id
+            && (id.is_empty() || id.contains(['/', '+', '#']) || id.chars().any(char::is_whitespace))
+        {
+            out_of("device.id", format!("{id:?}"));
+        }
+        if self.model.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            out_of("model.path", "an empty path".into());
+        }
+        if let Some(um) = self.camera.pixel_um
+            && !(um.is_finite() && um > 0.0 && um <= MAX_PIXEL_UM)
+        {
+            out_of("camera.pixel_um", um.to_string());
+        }
+        let i = &self.identify;
+        if let Some(n) = i.rois
+            && !(1..=256).contains(&n)
+        {
+            out_of("identify.rois", n.to_string());
+        }
+        if !(1..=64).contains(&i.batch) {
+            out_of("identify.batch", i.batch.to_string());
+        }
+        if !(1..=256).contains(&i.min_rois) {
+            out_of("identify.min_rois", i.min_rois.to_string());
+        }
+        if !(0.5..=10.0).contains(&i.z) {
+            out_of("identify.z", i.z.to_string());
+        }
+        if !(1..=50).contains(&i.top_k) {
+            out_of("identify.top_k", i.top_k.to_string());
+        }
+        if !(0.0..=1000.0).contains(&i.min_surface_rois) {
+            out_of("identify.min_surface_rois", i.min_surface_rois.to_string());
+        }
+    }
+}
+
+/// `[mqtt]`: publishing attributions, events and status to a fleet manager's MQTT broker
+/// (`publish::mqtt`, docs/mqtt.md). Secrets are never in this file: the password is read from
+/// `password_file` and the TLS key from `client_key_file`, so systemd credentials can supply them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSettings {
+    /// Whether the daemon publishes over MQTT at all.
+    pub enabled: bool,
+    /// Broker host name or IPv4 address.
+    pub host: String,
+    /// Broker TCP port (1883 plain, 8883 is usual for TLS).
+    pub port: u16,
+    /// First topic level(s): topics are `<base>/<device>/status|result|event|cmd/inspect`.
+    pub base: String,
+    /// MQTT client id; not set: `amfp-<device>`.
+    pub client_id: Option<String>,
+    /// Seconds between keep-alive pings when nothing else is sent.
+    pub keep_alive_s: u64,
+    /// User name for the broker; not set: anonymous.
+    pub username: Option<String>,
+    /// File holding the password (trailing newline ignored), e.g. a systemd credential.
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificates to verify the broker with; set: TLS is on.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for brokers that require one.
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+    /// Directory of the durable outbox of undelivered results (the service's StateDirectory).
+    pub outbox_dir: PathBuf,
+    /// Most bytes the outbox holds; beyond it new results are refused (docs/mqtt.md).
+    pub outbox_max_bytes: u64,
+    /// Most results the outbox holds; beyond it new results are refused.
+    pub outbox_max_entries: u64,
+    /// Longest wait between reconnection attempts, seconds (the backoff's cap).
+    pub reconnect_max_s: u64,
+    /// How long a clean shutdown waits for the broker's acknowledgements, seconds.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            host: "localhost".into(),
+            port: 1883,
+            base: "amfp".into(),
+            client_id: None,
+            keep_alive_s: 30,
+            username: None,
+            password_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            outbox_dir: PathBuf::from("/var/lib/amfp/outbox"),
+            outbox_max_bytes: 64 * 1024 * 1024,
+            outbox_max_entries: 20_000,
+            reconnect_max_s: 60,
+            shutdown_grace_s: 5,
+        }
+    }
+}
+
+impl Settings {
+    /// The checks of `[mqtt]`: ranges, topic-safe names, and keys that need each other. Whether
+    /// the files can be read is checked when publishing starts (`publish::mqtt`).
+    fn check_mqtt(&self, bad: &mut impl FnMut(&'static str, String)) {
+        let m = &self.mqtt;
+        let mut out_of = |key: &'static str, shown: String| {
+            bad(key, format!("{shown} is not allowed; expected {}", allowed(key).unwrap_or_default()))
+        };
+        let host = m.host.as_str();
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || "/:@?#".contains(c)) {
+            out_of("mqtt.host", format!("{host:?}"));
+        }
+        if m.port == 0 {
+            out_of("mqtt.port", "0".into());
+        }
+        let base = m.base.as_str();
+        if base.is_empty()
+            || base.starts_with('/')
+            || base.ends_with('/')
+            || base.contains("//")
+            || base.chars().any(|c| c.is_whitespace() || c == '+' || c == '#')
+        {
+            out_of("mqtt.base", format!("{base:?}"));
+        }
+        if let Some(id) = &m.client_id
+            && (id.is_empty() || id.chars().count() > 128 || id.chars().any(char::is_whitespace))
+        {
+            out_of("mqtt.client_id", format!("{id:?}"));
+        }
+        if !(5..=3600).contains(&m.keep_alive_s) {
+            out_of("mqtt.keep_alive_s", m.keep_alive_s.to_string());
+        }
+        if m.username.as_ref().is_some_and(String::is_empty) {
+            out_of("mqtt.username", "an empty name".into());
+        }
+        for (key, path) in [
+            ("mqtt.password_file", &m.password_file),
+            ("mqtt.ca_file", &m.ca_file),
+            ("mqtt.client_cert_file", &m.client_cert_file),
+            ("mqtt.client_key_file", &m.client_key_file),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                out_of(key, "an empty path".into());
+            }
+        }
+        if m.outbox_dir.as_os_str().is_empty() {
+            out_of("mqtt.outbox_dir", "an empty path".into());
+        }
+        if !(MQTT_MIN_OUTBOX_BYTES..=MQTT_MAX_OUTBOX_BYTES).contains(&m.outbox_max_bytes) {
+            out_of("mqtt.outbox_max_bytes", m.outbox_max_bytes.to_string());
+        }
+        if !(1..=10_000_000).contains(&m.outbox_max_entries) {
+            out_of("mqtt.outbox_max_entries", m.outbox_max_entries.to_string());
+        }
+        if !(1..=3600).contains(&m.reconnect_max_s) {
+            out_of("mqtt.reconnect_max_s", m.reconnect_max_s.to_string());
+        }
+        if m.shutdown_grace_s > 300 {
+            out_of("mqtt.shutdown_grace_s", m.shutdown_grace_s.to_string());
+        }
+        // Keys that only make sense together.
+        if m.password_file.is_some() && m.username.is_none() {
+            bad("mqtt.password_file", "is set but mqtt.username is not; MQTT sends a password only with a user name".into());
+        }
+        match (&m.client_cert_file, &m.client_key_file) {
+            (Some(_), None) => bad("mqtt.client_cert_file", "is set but mqtt.client_key_file is not; set both or neither".into()),
+            (None, Some(_)) => bad("mqtt.client_key_file", "is set but mqtt.client_cert_file is not; set both or neither".into()),
+            _ => {}
+        }
+        if m.client_cert_file.is_some() && m.ca_file.is_none() {
+            bad("mqtt.client_cert_file", "is set but mqtt.ca_file is not; a client certificate needs TLS, which mqtt.ca_file turns on".into());
+        }
     }
 }
 
@@ -1099,7 +1396,7 @@ mod tests {
         assert!(
             sinth
                 .message
-                .contains("unknown section; expected one of: log, synth; did you mean `synth`?"),
+                .contains("unknown section; expected one of: log, synth, device, model, camera, identify, mqtt; did you mean `synth`?"),
             "{sinth}"
         );
         let sed = &e.problems()[4];
@@ -1112,12 +1409,12 @@ mod tests {
         let p = &e.problems()[0];
         assert_eq!(p.origin, Origin::Env("AMFP__SYNTH__SEEDS".into()));
         assert_eq!(p.key.as_deref(), Some("synth.seeds"));
-        let e = load_from(None, nowhere(), vars(&[("AMFP__MQTT__HOST", "x")])).unwrap_err();
+        let e = load_from(None, nowhere(), vars(&[("AMFP__BROKER__HOST", "x")])).unwrap_err();
         assert_eq!(
             e.problems()[0].origin,
-            Origin::Env("AMFP__MQTT__HOST".into())
+            Origin::Env("AMFP__BROKER__HOST".into())
         );
-        assert_eq!(e.problems()[0].key.as_deref(), Some("mqtt"));
+        assert_eq!(e.problems()[0].key.as_deref(), Some("broker"));
     }
 
     #[test]
@@ -1222,11 +1519,47 @@ mod tests {
             .filter(|l| {
                 l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))
             })
-            .filter(|l| !l.starts_with("fleet"))
+            // Keys whose default is "not set" are shown with an example value.
+            .filter(|l| !["fleet", "id", "path", "pixel_um", "rois", "client_id", "username", "password_file", "ca_file", "client_cert_file", "client_key_file"].iter().any(|k| l.starts_with(&format!("{k} = "))))
             .map(|l| format!("{l}\n"))
             .collect();
         let parsed: Settings = toml::from_str(&uncommented).unwrap();
         assert_eq!(parsed, Settings::default(), "{uncommented}");
+    }
+
+    #[test]
+    fn mqtt_section_is_checked() {
+        let l = load_text(
+            "[mqtt]\nenabled = true\nhost = \"broker.local\"\nport = 8883\nusername = \"dock\"\npassword_file = \"/run/credentials/amfp.service/mqtt-password\"\nca_file = \"/etc/amfp/ca.pem\"\n",
+            &[("AMFP__MQTT__BASE", "factory/amfp")],
+        )
+        .unwrap();
+        assert!(l.settings.mqtt.enabled);
+        assert_eq!(l.settings.mqtt.port, 8883);
+        assert_eq!(l.settings.mqtt.base, "factory/amfp");
+        let e = load_text(
+            "[mqtt]\nhost = \"mqtt://b:1883\"\nport = 70000\nbase = \"amfp/#\"\nkeep_alive_s = 0\npassword_file = \"/p\"\nclient_key_file = \"/k\"\noutbox_max_bytes = 10\n",
+            &[],
+        )
+        .unwrap_err();
+        let m = messages(&e);
+        let keys: Vec<_> = e.problems().iter().map(|p| p.key.clone().unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "mqtt.base",
+                "mqtt.client_key_file",
+                "mqtt.host",
+                "mqtt.keep_alive_s",
+                "mqtt.outbox_max_bytes",
+                "mqtt.password_file",
+                "mqtt.port"
+            ],
+            "{m:?}"
+        );
+        assert!(m[1].contains("is set but mqtt.client_cert_file is not"), "{m:?}");
+        assert!(m[5].contains("mqtt.username is not"), "{m:?}");
+        assert!(m[6].contains("expected a TCP port from 1 to 65535"), "{m:?}");
     }
 
     #[test]

@@ -2,8 +2,21 @@
 //!
 //! The crate is a library with a thin CLI on top (`src/main.rs`), so that the one-shot commands,
 //! the daemon and the tests share one pipeline. See `docs/` for the design of each part.
+//!
+//! The pipeline, module by module (shared/DESIGN.md):
+//! `capture` (frames) → `optics` (exposure, envelope, resampling) → `roi` (part mask, ROIs) →
+//! `model` (tract) → `vote` → `result` (the Attribution); `identify` strings them together.
 
+pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod identify;
 pub mod logging;
+pub mod model;
+pub mod optics;
+pub mod publish;
+pub mod reject;
+pub mod result;
+pub mod roi;
 pub mod synth;
+pub mod vote;

@@ -595,8 +595,15 @@ fn seed_image(format: u8) -> Vec<u8> {
     }
 }
 
+/// Cases per property: 256 in the test suite; a longer fuzzing run sets PROPTEST_CASES
+/// (docs/preprocessing.md, "Fuzzing"). Failures are kept in tests/preprocess.proptest-regressions
+/// and replayed first on every run.
+fn fuzz_cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

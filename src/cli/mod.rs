@@ -4,6 +4,8 @@
 //! `main.rs` stays a two-liner and a subcommand can be read in one file.
 
 pub mod config;
+pub mod identify;
+pub mod model;
 pub mod synth;
 
 use std::path::PathBuf;
@@ -34,6 +36,15 @@ pub enum Command {
     Config(config::ConfigCommand),
     /// Simulate labelled scans of printed parts from a virtual fleet of machines.
     Synth(synth::SynthArgs),
+    /// Identify the machine that made each part in the given images.
+    ///
+    /// Exit status: 0 all identified, 3 some part from an unknown source, 4 some image rejected
+    /// (cannot be judged), 5 some claim contradicted, 1 an image or model could not be read,
+    /// 2 invalid configuration or arguments. With several images, the worst wins (1 > 5 > 4 > 3 > 0).
+    Identify(identify::IdentifyArgs),
+    /// Look at models.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
 }
 
 /// Runs a parsed command line and turns its outcome into the process exit code.
@@ -41,5 +52,22 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Config(cmd) => config::run(cli.config.as_deref(), cmd),
         Command::Synth(args) => synth::run(cli.config.as_deref(), args),
+        Command::Identify(args) => with_settings(cli.config.as_deref(), |s| identify::run(s, args)),
+        Command::Model(cmd) => with_settings(cli.config.as_deref(), |s| model::run(s, cmd)),
+    }
+}
+
+/// Loads the configuration and starts logging, then runs `f`; an invalid configuration is
+/// reported (every problem) and exits with [`crate::config::EXIT_INVALID`].
+pub fn with_settings(path: Option<&std::path::Path>, f: impl FnOnce(&crate::config::Settings) -> ExitCode) -> ExitCode {
+    match crate::config::load(path) {
+        Ok(settings) => {
+            crate::logging::init(&settings.log);
+            f(&settings)
+        }
+        Err(e) => {
+            e.eprint();
+            ExitCode::from(crate::config::EXIT_INVALID)
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use crate::config::{self, SynthSettings};
+use crate::config::SynthSettings;
 use crate::synth::{DatasetSpec, Fleet, ImagingSpec, Layout, Mode, SplitFractions, generate};
 
 /// Arguments of `amfp synth`. Flags win over the `[synth]` section of the configuration.
@@ -74,21 +74,13 @@ fn parse_size(s: &str) -> Result<(usize, usize), String> {
 
 /// Runs `amfp synth`.
 pub fn run(config_path: Option<&Path>, args: SynthArgs) -> ExitCode {
-    let settings = match config::load(config_path) {
-        Ok(s) => s,
-        Err(e) => {
-            e.eprint();
-            return ExitCode::from(config::EXIT_INVALID);
-        }
-    };
-    crate::logging::init(&settings.log);
-    match synth(&settings.synth, args) {
+    super::with_settings(config_path, |settings| match synth(&settings.synth, args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    })
 }
 
 fn synth(defaults: &SynthSettings, args: SynthArgs) -> anyhow::Result<()> {

@@ -45,8 +45,8 @@ EXTRA_MACHINES = [("5200-3", "hp-mjf-5200"), ("F3B-7", "formlabs-form3b"),
 # 192 px ROIs (2.0 mm), the stem learns the 2x downsampling, mean+std pooling
 SHIPPED = {
     "pixel_um": 10.6, "roi": 192, "stem_stride": 2, "pool": "avgstd", "min_fg": 0.8, "batch": 48,
-    "epochs": 12, "steps": 250, "widths": "16,32,64,96,128", "depths": "1,2,2,2,2", "lr": 3e-3,
-    "lr_decay": 0.8, "warmup_steps": 100, "time_budget_min": 27.0, "val_parts": 0,
+    "epochs": 20, "steps": 250, "widths": "16,32,64,96,128", "depths": "1,2,2,2,2", "lr": 3e-3,
+    "lr_decay": 0.85, "warmup_steps": 100, "time_budget_min": 28.0, "val_parts": 0,
 }
 QUICK = dict(SHIPPED, pixel_um=42.4, roi=32, stem_stride=1, batch=16, epochs=2, steps=10,
              widths="8,16,24", depths="1,1,1", warmup_steps=5, time_budget_min=0.0, val_parts=16)
@@ -100,6 +100,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--amfp", default="target/release/amfp", help="amfp binary (for `amfp synth`)")
     ap.add_argument("--out", default="build/model")
     ap.add_argument("--data", help="existing dataset: skip the simulation")
+    ap.add_argument("--reuse-simulation", action="store_true",
+                    help="reuse OUT/data from an earlier run with the same seed and parts (the simulator's "
+                         "pixels must not have changed since): skip the simulation, keep the synth source")
     ap.add_argument("--parts-per-machine", type=int, default=150)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--machines", default="", help="simulate only these (comma-separated; default all 21)")
@@ -137,7 +140,11 @@ def main(argv=None) -> dict:
         source = f"dataset:{data.name}"
         holdout = a.holdout or ""
     else:
-        data = simulate(a.amfp, out, a.parts_per_machine, a.seed, not a.no_extra, a.machines, a.synth_arg)
+        if a.reuse_simulation and (out / "data" / "labels.csv").exists():
+            data = out / "data"
+            log.info("reusing the simulated dataset in %s", data)
+        else:
+            data = simulate(a.amfp, out, a.parts_per_machine, a.seed, not a.no_extra, a.machines, a.synth_arg)
         source = f"synth:seed={a.seed};machines={'paper' if not a.machines else a.machines}" + \
                  ("+" + ",".join(n for n, _ in EXTRA_MACHINES) if not a.no_extra else "") + \
                  f";parts_per_machine={a.parts_per_machine}"
@@ -196,6 +203,8 @@ def main(argv=None) -> dict:
         shutil.copy2(out / "eval" / "report.json", md / f"{a.name}.report.json")
         shutil.copy2(out / "eval" / "confusion_f32.png", md / f"{a.name}.confusion.png")
         shutil.copy2(out / "manifest.json", md / f"{a.name}.manifest.json")
+        if (out / "fleet.toml").exists():  # the simulated fleet, held-out machines included: tests and users
+            shutil.copy2(out / "fleet.toml", md / f"{a.name}.fleet.toml")  # simulate parts of the same machines
         log.info("shipped files in %s", md)
     log.info("done in %.1f min: f32 accuracy %s, int8 %s", timings["total_s"] / 60,
              manifest["accuracy"]["f32"], manifest["accuracy"]["int8"])

@@ -1,0 +1,323 @@
+//! `amfp identify IMAGE...`: judge parts from image files, for inspectors and scripts.
+//!
+//! Prints one block per image for people, or with `--json` one Attribution per line for
+//! machines. Images are judged in parallel (`--threads`) and printed in the order given.
+//! The exit status says the worst outcome over all images (see [`Outcome`]).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use clap::Args;
+
+use crate::capture::file::read_frame;
+use crate::config::Settings;
+use crate::identify::{IdentifyOptions, Identifier, Inspection, RoiRecord, bundled_model_path, resolve_pixel_size};
+use crate::model::Model;
+use crate::result::{Attribution, ClaimStatus, SourceInfo, Verdict};
+use crate::roi::MaskMode;
+use crate::vote::StopRule;
+
+/// Arguments of `amfp identify`. Flags win over the configuration.
+#[derive(Debug, Args)]
+pub struct IdentifyArgs {
+    /// Images of parts (PNG, JPEG or TIFF; 8 or 16 bit; gray or colour).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+    /// Model(s) to judge with; repeat for several (the first is the primary). Default:
+    /// model.path and model.extra from the configuration, else the bundled reference model.
+    #[arg(long = "model", value_name = "PATH")]
+    pub models: Vec<PathBuf>,
+    /// µm per pixel of the images (default: the file's recorded resolution, then camera.pixel_um).
+    #[arg(long, value_name = "UM")]
+    pub pixel_um: Option<f64>,
+    /// ROIs in the full vote (default: identify.rois, else the model's amfp.votes).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub votes: Option<u16>,
+    /// The claimed source (a label, e.g. from a purchase order): say whether the evidence fits it.
+    #[arg(long, value_name = "LABEL")]
+    pub claim: Option<String>,
+    /// One Attribution JSON per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Early stopping of the vote (default: identify.early_stop).
+    #[arg(long, value_enum, value_name = "RULE")]
+    pub early_stop: Option<StopRule>,
+    /// Seed of the ROI positions (default: identify.seed).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// How the part is found (default: camera.mask).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub mask: Option<MaskMode>,
+    /// Images judged at once (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
+    /// Write the primary model's ROIs and probabilities per image as NumPy files into DIR
+    /// (<stem>.rois.npy, <stem>.probs.npy, <stem>.corners.npy): for parity checks and debugging.
+    #[arg(long, value_name = "DIR")]
+    pub save_rois: Option<PathBuf>,
+}
+
+/// The outcome of a whole run, from best to worst; the exit status is the worst image's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Exit 0: every image identified (and every claim consistent).
+    Identified,
+    /// Exit 3: at least one part is from no known machine.
+    Unknown,
+    /// Exit 4: at least one image could not be judged.
+    Rejected,
+    /// Exit 5: at least one claim is contradicted by the evidence.
+    ClaimInconsistent,
+    /// Exit 1: an image or model could not be read (message on stderr).
+    Error,
+}
+
+impl Outcome {
+    /// The process exit status of this outcome.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Identified => 0,
+            Self::Error => 1,
+            Self::Unknown => 3,
+            Self::Rejected => 4,
+            Self::ClaimInconsistent => 5,
+        }
+    }
+
+    /// The outcome of one Attribution.
+    pub fn of(a: &Attribution) -> Self {
+        if a.claim.as_ref().is_some_and(|c| c.consistent == Some(false)) {
+            return Self::ClaimInconsistent;
+        }
+        match a.verdict {
+            Verdict::Identified => Self::Identified,
+            Verdict::Unknown => Self::Unknown,
+            Verdict::Rejected => Self::Rejected,
+        }
+    }
+}
+
+/// Runs `amfp identify`.
+pub fn run(settings: &Settings, args: IdentifyArgs) -> ExitCode {
+    let mut options = IdentifyOptions::from_settings(settings);
+    if let Some(n) = args.votes {
+        options.rois = Some(n as usize);
+    }
+    if let Some(rule) = args.early_stop {
+        options.stop = rule;
+    }
+    if let Some(seed) = args.seed {
+        options.seed = seed;
+    }
+    if let Some(mask) = args.mask {
+        options.mask = mask;
+    }
+    if let Some(um) = args.pixel_um
+        && !(um.is_finite() && um > 0.0 && um <= 1000.0)
+    {
+        eprintln!("error: --pixel-um {um} is not a pixel size; expected a positive number of µm, at most 1000");
+        return ExitCode::from(crate::config::EXIT_INVALID);
+    }
+    let paths = model_paths(settings, &args.models);
+    let mut models = Vec::with_capacity(paths.len());
+    for path in &paths {
+        match Model::load(path, options.batch) {
+            Ok(m) => {
+                log::info!("model {} ({}, {} labels, sha256 {})", m.meta.name, path.display(), m.meta.labels.len(), &m.sha256[..12]);
+                models.push(m);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Some(claim) = &args.claim
+        && !models[0].meta.labels.contains(claim)
+    {
+        log::warn!(
+            "claimed source {claim:?} is not one of model {}'s labels: it can be contradicted (the part matches a known machine) but not confirmed",
+            models[0].meta.name
+        );
+    }
+    if let Some(dir) = &args.save_rois
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!("error: cannot create --save-rois directory {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let identifier = Identifier::new(models, options);
+    let threads = args
+        .threads
+        .map(usize::from)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .min(args.images.len());
+    let worst = judge_all(&identifier, settings, &args, threads);
+    ExitCode::from(worst.exit_code())
+}
+
+/// The models to load: flags, else the configuration, else the bundled model.
+fn model_paths(settings: &Settings, flags: &[PathBuf]) -> Vec<PathBuf> {
+    if !flags.is_empty() {
+        return flags.to_vec();
+    }
+    let primary = settings.model.path.clone().unwrap_or_else(bundled_model_path);
+    std::iter::once(primary).chain(settings.model.extra.iter().cloned()).collect()
+}
+
+/// Judges every image on `threads` workers and prints the results in the order given.
+fn judge_all(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs, threads: usize) -> Outcome {
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::channel::<(usize, Result<Attribution, String>)>();
+    let mut worst = Outcome::Identified;
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let next = &next;
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(path) = args.images.get(i) else { break };
+                    if tx.send((i, judge_one(identifier, settings, args, path))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut pending = BTreeMap::new();
+        let mut printed = 0;
+        let stdout = std::io::stdout();
+        for (i, result) in rx {
+            pending.insert(i, result);
+            while let Some(result) = pending.remove(&printed) {
+                let path = &args.images[printed];
+                printed += 1;
+                let outcome = match result {
+                    Ok(a) => {
+                        let text = if args.json { json_line(&a) } else { table(path, &a) };
+                        let mut out = stdout.lock();
+                        // A closed stdout (e.g. `| head`) is not an error of the inspection.
+                        let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+                        Outcome::of(&a)
+                    }
+                    Err(message) => {
+                        eprintln!("error: {message}");
+                        Outcome::Error
+                    }
+                };
+                worst = worst.max(outcome);
+            }
+        }
+    });
+    worst
+}
+
+/// Reads and judges one image; an Err is a message naming the file.
+fn judge_one(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs, path: &Path) -> Result<Attribution, String> {
+    let t0 = Instant::now();
+    let frame = read_frame(path).map_err(|e| e.to_string())?;
+    let capture_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let inspection = Inspection {
+        pixel: resolve_pixel_size(args.pixel_um, &frame, settings.camera.pixel_um),
+        frame: &frame,
+        source: SourceInfo { kind: "file".into(), name: path.display().to_string(), frame: None },
+        claim: args.claim.as_deref(),
+        capture_ms: (capture_ms * 100.0).round() / 100.0,
+    };
+    let (attribution, record) = identifier
+        .identify_recorded(&inspection, args.save_rois.is_some())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if let (Some(dir), Some(record)) = (&args.save_rois, record) {
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+        save_rois(dir, &stem, &record).map_err(|e| format!("cannot write ROIs of {} into {}: {e}", path.display(), dir.display()))?;
+    }
+    Ok(attribution)
+}
+
+/// Writes a RoiRecord as three .npy files.
+fn save_rois(dir: &Path, stem: &str, r: &RoiRecord) -> std::io::Result<()> {
+    let n = r.corners.len() as u64;
+    let [c, h, w] = r.roi_shape.map(|d| d as u64);
+    write_npy(&dir.join(format!("{stem}.rois.npy")), &r.inputs, &[n, c, h, w])?;
+    write_npy(&dir.join(format!("{stem}.probs.npy")), &r.probabilities, &[n, r.classes as u64])?;
+    let corners: Vec<u32> = r.corners.iter().flat_map(|&(x, y)| [x, y]).collect();
+    write_npy(&dir.join(format!("{stem}.corners.npy")), &corners, &[n, 2])
+}
+
+fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, data: &[T], shape: &[u64]) -> std::io::Result<()> {
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    use npyz::WriterBuilder;
+    let mut writer = npyz::WriteOptions::<T>::new().default_dtype().shape(shape).writer(file).begin_nd()?;
+    writer.extend(data.iter().copied())?;
+    writer.finish()
+}
+
+fn json_line(a: &Attribution) -> String {
+    // Serialising plain data cannot fail.
+    let mut s = serde_json::to_string(a).expect("an Attribution serialises");
+    s.push('\n');
+    s
+}
+
+/// The block printed for people.
+fn table(path: &Path, a: &Attribution) -> String {
+    let mut s = format!("{}\n", path.display());
+    let mut row = |key: &str, value: String| {
+        let _ = writeln!(s, "  {key:<10} {value}");
+    };
+    match a.verdict {
+        Verdict::Identified => {
+            let process = a.process.as_deref().map(|p| format!(" ({p})")).unwrap_or_default();
+            row("verdict", format!("IDENTIFIED {}{process}", a.label.as_deref().unwrap_or("?")));
+        }
+        Verdict::Unknown => row("verdict", format!("UNKNOWN SOURCE: {}", a.reason.as_deref().unwrap_or(""))),
+        Verdict::Rejected => row("verdict", format!("REJECTED: {}", a.reason.as_deref().unwrap_or(""))),
+    }
+    if let (Some(score), Some(margin), Some(rois)) = (a.score, a.margin, a.rois) {
+        let stop = if rois.early_stop { ", stopped early" } else { "" };
+        row("score", format!("{score:.3} (margin {margin:.3}), {} of {} ROIs{stop}", rois.used, rois.max));
+    }
+    if !a.top.is_empty() {
+        row("top", a.top.iter().map(|c| format!("{} {:.3}", c.label, c.score)).collect::<Vec<_>>().join(", "));
+    }
+    if let Some(c) = &a.claim {
+        let status = match c.status {
+            ClaimStatus::Confirmed => "confirmed: the evidence fits the claim",
+            ClaimStatus::Contradicted => "CONTRADICTED: the evidence points to another source",
+            ClaimStatus::Unconfirmed if c.known_label => "NOT CONFIRMED: the part does not match the claimed machine well enough",
+            ClaimStatus::Unconfirmed => "consistent: the claimed source is not a machine the model knows, and no known machine fits",
+            ClaimStatus::Unjudged => "not checked: the image was rejected",
+        };
+        row("claim", format!("{}: {status}", c.label));
+    }
+    for attr in &a.attributes {
+        let what = match attr.verdict {
+            Verdict::Identified => format!("{} (score {:.3})", attr.label.as_deref().unwrap_or("?"), attr.score.unwrap_or(0.0)),
+            Verdict::Unknown => format!("unknown ({})", attr.reason.as_deref().unwrap_or("")),
+            Verdict::Rejected => format!("rejected ({})", attr.reason.as_deref().unwrap_or("")),
+        };
+        row(&attr.model.task, what);
+    }
+    if let Some(e) = &a.envelope {
+        let camera = match (e.camera_pixel_um, &e.pixel_source) {
+            (Some(um), Some(src)) => format!("{um:.2} µm/px ({src})"),
+            _ => "pixel size unknown".into(),
+        };
+        let view = e.view_mm.map(|[w, h]| format!(", view {w:.1} x {h:.1} mm")).unwrap_or_default();
+        row(
+            "envelope",
+            format!("{camera} -> model {:.2} µm/px, sample {:.2} mm{view}{}", e.model_pixel_um, e.sample_mm, if e.ok { "" } else { ", OUT" }),
+        );
+    }
+    row("model", format!("{} ({}, sha256 {})", a.model.name, a.model.task, &a.model.sha256[..12.min(a.model.sha256.len())]));
+    let t = a.timing_ms;
+    row("time", format!("read {:.0} ms, preprocess {:.0} ms, inference {:.0} ms, total {:.0} ms", t.capture, t.preprocess, t.inference, t.total));
+    s
+}

@@ -1,0 +1,442 @@
+//! The identification pipeline: from a frame to an [`Attribution`].
+//!
+//! ```text
+//! frame ─► exposure ─► envelope (resample) ─► part mask ─► seeded ROIs ─► model batches ─► vote
+//! ```
+//! The one-shot CLI, the daemon and the tests all call [`Identifier::identify`]; nothing of it
+//! is written twice. Several models may judge the same part (machine, build tray position...):
+//! the first is the primary, whose verdict is the Attribution's; the others are reported under
+//! `attributes`. See docs/identify.md.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::capture::Frame;
+use crate::config::Settings;
+use crate::model::{InferenceError, Model};
+use crate::optics::{self, ModelGeometry};
+use crate::reject::{PixelSizeSource, Rejection};
+use crate::result::{
+    AttributeResult, Attribution, Candidate, ClaimCheck, ClaimStatus, EnvelopeReport, ModelRef, RoiUse, SourceInfo,
+    Timing, Verdict,
+};
+use crate::roi::{MaskMode, PartSurface};
+use crate::vote::{Ballot, StopRule, Tally, VoteRule};
+
+/// File name of the bundled reference model.
+pub const BUNDLED_MODEL: &str = "amfp-synth-v1.int8.onnx";
+
+/// Where the bundled model is looked for when none is configured: `../share/amfp/models/`
+/// beside the binary (the Debian package), then `models/` in the working directory (a checkout).
+pub fn bundled_model_path() -> PathBuf {
+    let beside_binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().and_then(Path::parent).map(|p| p.join("share/amfp/models").join(BUNDLED_MODEL)));
+    match beside_binary {
+        Some(p) if p.is_file() => p,
+        _ => Path::new("models").join(BUNDLED_MODEL),
+    }
+}
+
+/// How the pipeline draws ROIs and votes, from the configuration and flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentifyOptions {
+    /// ROIs in the full vote; `None`: each model's `amfp.votes`.
+    pub rois: Option<usize>,
+    /// ROIs per inference batch and early-stopping step.
+    pub batch: usize,
+    pub stop: StopRule,
+    pub min_rois: usize,
+    pub z: f64,
+    pub seed: u64,
+    pub top_k: usize,
+    pub min_surface_rois: f64,
+    pub mask: MaskMode,
+    /// Device id reported in results.
+    pub device: String,
+}
+
+impl IdentifyOptions {
+    /// The options a configuration gives.
+    pub fn from_settings(s: &Settings) -> Self {
+        let i = &s.identify;
+        Self {
+            rois: i.rois,
+            batch: i.batch,
+            stop: i.early_stop,
+            min_rois: i.min_rois,
+            z: i.z,
+            seed: i.seed,
+            top_k: i.top_k,
+            min_surface_rois: i.min_surface_rois,
+            mask: s.camera.mask,
+            device: s.device.id.clone().unwrap_or_else(host_name),
+        }
+    }
+}
+
+impl Default for IdentifyOptions {
+    fn default() -> Self {
+        Self::from_settings(&Settings::default())
+    }
+}
+
+/// The host name, the default device id.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "amfp".into())
+}
+
+/// The pixel size to judge a frame at: `--pixel-um` wins, then the file's recorded resolution,
+/// then the configured camera.
+pub fn resolve_pixel_size(cli: Option<f64>, frame: &Frame, config: Option<f64>) -> Option<(f64, PixelSizeSource)> {
+    cli.map(|v| (v, PixelSizeSource::Cli))
+        .or(frame.pixel_um.map(|v| (v, PixelSizeSource::File)))
+        .or(config.map(|v| (v, PixelSizeSource::Config)))
+}
+
+/// One part to judge.
+#[derive(Debug, Clone)]
+pub struct Inspection<'a> {
+    pub frame: &'a Frame,
+    /// Pixel size and where it came from (see [`resolve_pixel_size`]).
+    pub pixel: Option<(f64, PixelSizeSource)>,
+    pub source: SourceInfo,
+    /// A claimed source label to check the evidence against.
+    pub claim: Option<&'a str>,
+    /// Milliseconds spent getting the frame (decode, capture), for the timing report.
+    pub capture_ms: f64,
+}
+
+/// The exact ROIs the primary model voted on and what it said about each: for parity checks
+/// against other runtimes and for looking at the evidence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoiRecord {
+    /// Top-left corners (x, y) in the frame at the model's pixel size.
+    pub corners: Vec<(u32, u32)>,
+    /// Normalised model inputs, `corners.len()` x channels x roi x roi.
+    pub inputs: Vec<f32>,
+    /// SoftMax rows, `corners.len()` x classes.
+    pub probabilities: Vec<f32>,
+    /// [channels, roi, roi].
+    pub roi_shape: [usize; 3],
+    pub classes: usize,
+}
+
+/// The loaded models and options: judges frames.
+#[derive(Debug)]
+pub struct Identifier {
+    models: Vec<Model>,
+    options: IdentifyOptions,
+}
+
+/// One model's judgement before it becomes part of an Attribution.
+struct Judgement {
+    outcome: Result<Tally, Rejection>,
+    max_rois: usize,
+    envelope: Option<EnvelopeReport>,
+    preprocess_ms: f64,
+    inference_ms: f64,
+    record: Option<RoiRecord>,
+}
+
+impl Identifier {
+    /// An identifier over `models` (the first is the primary; at least one).
+    pub fn new(models: Vec<Model>, options: IdentifyOptions) -> Self {
+        assert!(!models.is_empty(), "an identifier needs at least one model");
+        Self { models, options }
+    }
+
+    /// The loaded models, primary first.
+    pub fn models(&self) -> &[Model] {
+        &self.models
+    }
+
+    pub fn options(&self) -> &IdentifyOptions {
+        &self.options
+    }
+
+    /// Judges one part.
+    pub fn identify(&self, inspection: &Inspection) -> Result<Attribution, InferenceError> {
+        Ok(self.identify_recorded(inspection, false)?.0)
+    }
+
+    /// Judges one part, and with `record` also returns the primary model's ROIs and probabilities.
+    pub fn identify_recorded(
+        &self,
+        inspection: &Inspection,
+        record: bool,
+    ) -> Result<(Attribution, Option<RoiRecord>), InferenceError> {
+        let start = Instant::now();
+        let exposure = optics::check_exposure(inspection.frame);
+        let mut judgements = Vec::with_capacity(self.models.len());
+        for (i, model) in self.models.iter().enumerate() {
+            judgements.push(match &exposure {
+                Err(rejection) => Judgement {
+                    outcome: Err(rejection.clone()),
+                    max_rois: self.max_rois(model),
+                    envelope: None,
+                    preprocess_ms: 0.0,
+                    inference_ms: 0.0,
+                    record: None,
+                },
+                Ok(()) => self.judge(model, inspection, record && i == 0)?,
+            });
+        }
+        let mut judgements = judgements.into_iter();
+        let primary = judgements.next().expect("at least one model");
+        let elapsed = ms(start);
+        let others: Vec<Judgement> = judgements.collect();
+        let timing = Timing {
+            capture: inspection.capture_ms,
+            preprocess: primary.preprocess_ms + others.iter().map(|j| j.preprocess_ms).sum::<f64>(),
+            inference: primary.inference_ms + others.iter().map(|j| j.inference_ms).sum::<f64>(),
+            total: inspection.capture_ms + elapsed,
+        };
+        let attributes = self.models[1..].iter().zip(&others).map(|(m, j)| self.attribute(m, j)).collect();
+        let head = self.attribute(&self.models[0], &primary);
+        let model = &self.models[0];
+        let claim = inspection.claim.map(|c| claim_check(model, c, &primary.outcome));
+        let process = head.label.as_deref().and_then(|l| model.meta.process_of(l)).map(String::from);
+        let attribution = Attribution {
+            id: ulid::Ulid::generate().to_string(),
+            device: self.options.device.clone(),
+            time: jiff::Timestamp::now().round(jiff::Unit::Millisecond).unwrap_or_else(|_| jiff::Timestamp::now()).to_string(),
+            source: inspection.source.clone(),
+            model: head.model,
+            verdict: head.verdict,
+            reason: head.reason,
+            reason_code: head.reason_code,
+            label: head.label,
+            process,
+            score: head.score,
+            margin: head.margin,
+            top: head.top,
+            claim,
+            rois: head.rois,
+            envelope: primary.envelope,
+            timing_ms: timing,
+            evidence: None,
+            attributes,
+        };
+        Ok((attribution, primary.record))
+    }
+
+    fn max_rois(&self, model: &Model) -> usize {
+        self.options.rois.unwrap_or(model.meta.votes as usize).max(1)
+    }
+
+    /// Envelope, part mask, ROIs and the vote of one model.
+    fn judge(&self, model: &Model, inspection: &Inspection, record: bool) -> Result<Judgement, InferenceError> {
+        let t0 = Instant::now();
+        let meta = &model.meta;
+        let max_rois = self.max_rois(model);
+        let geometry = ModelGeometry { pixel_um: meta.pixel_size_um, roi_px: meta.roi_px };
+        let frame = inspection.frame;
+        let rejected = |rejection: Rejection, envelope: Option<EnvelopeReport>| Judgement {
+            outcome: Err(rejection),
+            max_rois,
+            envelope,
+            preprocess_ms: ms(t0),
+            inference_ms: 0.0,
+            record: None,
+        };
+        let (image, envelope) = match optics::fit_to_model(frame, inspection.pixel, &geometry) {
+            Ok(fit) => fit,
+            Err(rejection) => {
+                let envelope = refused_envelope(inspection, frame, &geometry);
+                return Ok(rejected(rejection, Some(envelope)));
+            }
+        };
+        let mut report = envelope_report(&envelope);
+        let surface = match PartSurface::new(
+            image,
+            meta.roi_px,
+            meta.min_foreground,
+            self.options.mask,
+            self.options.min_surface_rois,
+        ) {
+            Ok(s) => s,
+            Err(rejection) => {
+                report.ok = false;
+                return Ok(rejected(rejection, Some(report)));
+            }
+        };
+        let corners = surface.sample(max_rois, self.options.seed);
+        let roi_len = model.roi_len();
+        let classes = meta.labels.len();
+        let batch = model.batch();
+        let rule = VoteRule {
+            max_rois,
+            stop: self.options.stop,
+            min_rois: self.options.min_rois,
+            z: self.options.z,
+            unknown_threshold: meta.unknown_threshold as f64,
+        };
+        let mut ballot = Ballot::new(classes);
+        let mut input = vec![0.0f32; batch * roi_len];
+        let mut rec = record.then(|| RoiRecord {
+            corners: Vec::new(),
+            inputs: Vec::new(),
+            probabilities: Vec::new(),
+            roi_shape: [meta.channels as usize, meta.roi_px as usize, meta.roi_px as usize],
+            classes,
+        });
+        let mut preprocess_ms = ms(t0);
+        let mut inference_ms = 0.0;
+        for chunk in corners.chunks(batch) {
+            let t = Instant::now();
+            for (k, slot) in input.chunks_mut(roi_len).enumerate() {
+                // A short last batch is padded with its first ROI; the padding's outputs are dropped.
+                let corner = chunk.get(k).copied().unwrap_or(chunk[0]);
+                surface.write_roi(corner, meta.mean, meta.std, meta.channels as usize, slot);
+            }
+            preprocess_ms += ms(t);
+            let t = Instant::now();
+            let probs = model.probabilities(&input)?;
+            inference_ms += ms(t);
+            for (k, row) in probs.chunks(classes).take(chunk.len()).enumerate() {
+                ballot.add(row);
+                if let Some(r) = rec.as_mut() {
+                    r.corners.push(chunk[k]);
+                    r.inputs.extend_from_slice(&input[k * roi_len..(k + 1) * roi_len]);
+                    r.probabilities.extend_from_slice(row);
+                }
+            }
+            if ballot.settled(&rule) {
+                break;
+            }
+        }
+        Ok(Judgement {
+            outcome: Ok(ballot.tally(rule.unknown_threshold)),
+            max_rois,
+            envelope: Some(report),
+            preprocess_ms,
+            inference_ms,
+            record: rec,
+        })
+    }
+
+    /// One model's judgement as reported.
+    fn attribute(&self, model: &Model, j: &Judgement) -> AttributeResult {
+        let meta = &model.meta;
+        let model_ref = ModelRef { name: meta.name.clone(), task: meta.task.clone(), sha256: model.sha256.clone() };
+        match &j.outcome {
+            Err(rejection) => AttributeResult {
+                model: model_ref,
+                verdict: Verdict::Rejected,
+                reason: Some(rejection.to_string()),
+                reason_code: Some(rejection.code().into()),
+                label: None,
+                score: None,
+                margin: None,
+                top: Vec::new(),
+                rois: None,
+            },
+            Ok(tally) => {
+                let top = tally
+                    .ranking
+                    .iter()
+                    .take(self.options.top_k)
+                    .map(|&(i, score)| Candidate { label: meta.labels[i].clone(), score: round4(score) })
+                    .collect();
+                let leader = &meta.labels[tally.leader];
+                let (verdict, label, reason) = if tally.known {
+                    (Verdict::Identified, Some(leader.clone()), None)
+                } else {
+                    let why = format!(
+                        "no known {} fits: the nearest, {leader}, has {:.2} of the vote, under the model's threshold {:.2}",
+                        meta.task, tally.score, meta.unknown_threshold
+                    );
+                    (Verdict::Unknown, None, Some(why))
+                };
+                AttributeResult {
+                    model: model_ref,
+                    verdict,
+                    reason,
+                    reason_code: None,
+                    label,
+                    score: Some(round4(tally.score)),
+                    margin: Some(round4(tally.margin)),
+                    top,
+                    rois: Some(RoiUse { used: tally.used, max: j.max_rois, early_stop: tally.used < j.max_rois }),
+                }
+            }
+        }
+    }
+}
+
+/// Whether the evidence is consistent with a claimed label (docs/identify.md, "Claims").
+fn claim_check(model: &Model, claim: &str, outcome: &Result<Tally, Rejection>) -> ClaimCheck {
+    let labels = &model.meta.labels;
+    let index = labels.iter().position(|l| l == claim);
+    let known_label = index.is_some();
+    let (status, score) = match outcome {
+        Err(_) => (ClaimStatus::Unjudged, None),
+        Ok(tally) => {
+            let score = index.and_then(|i| tally.ranking.iter().find(|r| r.0 == i)).map(|r| round4(r.1));
+            let status = if !tally.known {
+                ClaimStatus::Unconfirmed
+            } else if Some(tally.leader) == index {
+                ClaimStatus::Confirmed
+            } else {
+                ClaimStatus::Contradicted
+            };
+            (status, score)
+        }
+    };
+    let consistent = match status {
+        ClaimStatus::Unjudged => None,
+        ClaimStatus::Confirmed => Some(true),
+        ClaimStatus::Contradicted => Some(false),
+        // Unknown part: the model cannot back a machine it knows, but a source it does not know fits.
+        ClaimStatus::Unconfirmed => Some(!known_label),
+    };
+    ClaimCheck { label: claim.to_string(), consistent, status, known_label, score }
+}
+
+fn envelope_report(e: &optics::Envelope) -> EnvelopeReport {
+    EnvelopeReport {
+        camera_pixel_um: Some(e.camera_pixel_um),
+        pixel_source: Some(source_name(e.pixel_source).into()),
+        model_pixel_um: e.model_pixel_um,
+        sample_mm: e.sample_mm,
+        view_mm: Some(e.view_mm),
+        resampled: e.resampled,
+        ok: true,
+    }
+}
+
+/// The envelope of a frame the optics refused: what is known of it.
+fn refused_envelope(inspection: &Inspection, frame: &Frame, geometry: &ModelGeometry) -> EnvelopeReport {
+    let camera = inspection.pixel.map(|p| p.0);
+    EnvelopeReport {
+        camera_pixel_um: camera,
+        pixel_source: inspection.pixel.map(|p| source_name(p.1).into()),
+        model_pixel_um: geometry.pixel_um,
+        sample_mm: geometry.roi_px as f64 * geometry.pixel_um / 1000.0,
+        view_mm: camera.map(|um| [frame.width as f64 * um / 1000.0, frame.height as f64 * um / 1000.0]),
+        resampled: false,
+        ok: false,
+    }
+}
+
+fn source_name(s: PixelSizeSource) -> &'static str {
+    match s {
+        PixelSizeSource::Cli => "cli",
+        PixelSizeSource::File => "file",
+        PixelSizeSource::Config => "config",
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1e5).round() / 100.0
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}

@@ -1,0 +1,267 @@
+//! Loading an ONNX model with tract and running it on batches of ROIs.
+//!
+//! A model is loaded once: the file is hashed (the sha256 goes into every result, so a fleet
+//! manager knows exactly which model judged a part), its metadata contract is checked, its
+//! input and output are checked to be an image batch and one logit per label, the ROI batch is
+//! fixed, and tract optimises the graph for that shape. The loaded [`Model`] is immutable and
+//! can be shared between threads; each [`Model::logits`] call runs on its own state.
+
+pub mod metadata;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tract_onnx::pb;
+use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
+use tract_onnx::prelude::*;
+
+pub use metadata::{MetadataError, ModelMetadata};
+
+/// ONNX's code for float32 tensors (TensorProto.DataType.FLOAT).
+const ONNX_FLOAT: i32 = 1;
+
+/// A model amfp can run: its metadata, identity and tract's optimised plan for one ROI batch.
+pub struct Model {
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// Hex sha256 of the file: identifies the exact model in results.
+    pub sha256: String,
+    /// The `amfp.*` contract.
+    pub meta: ModelMetadata,
+    /// The graph's declared input and output, as in the file (for `amfp model inspect`).
+    pub signature: Signature,
+    batch: usize,
+    plan: Arc<TypedRunnableModel>,
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Model").field("path", &self.path).field("name", &self.meta.name).field("batch", &self.batch).finish()
+    }
+}
+
+/// A tensor as the ONNX file declares it: name, element type and dimensions (numbers or names).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorSignature {
+    pub name: String,
+    pub elem_type: String,
+    pub dims: Vec<String>,
+}
+
+/// The declared input and output of a model's graph.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Signature {
+    pub input: TensorSignature,
+    pub output: TensorSignature,
+}
+
+/// Why a model cannot be used. Each message names the file, the problem and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model {path}: {source}; check --model or model.path in the configuration")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not an ONNX model ({detail}); amfp runs ONNX files exported by amfp_train.export")]
+    NotOnnx { path: PathBuf, detail: String },
+    #[error("model {path}: {source}")]
+    Metadata { path: PathBuf, source: MetadataError },
+    #[error("model {path} does not take images: {detail}; amfp needs one float32 input [N, C, H, W] and one output [N, classes]")]
+    NotAnImageModel { path: PathBuf, detail: String },
+    #[error("tract cannot run model {path}: {detail}")]
+    Tract { path: PathBuf, detail: String },
+}
+
+/// Inference failed on a loaded model (a tract runtime error: rare, and a bug when it happens).
+#[derive(Debug, thiserror::Error)]
+#[error("inference with model {name} failed: {detail}")]
+pub struct InferenceError {
+    pub name: String,
+    pub detail: String,
+}
+
+impl Model {
+    /// Loads, checks and optimises a model for batches of `batch` ROIs.
+    pub fn load(path: &Path, batch: usize) -> Result<Self, ModelError> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+        Self::from_bytes(path, &bytes, batch)
+    }
+
+    /// As [`Model::load`], from the file's bytes (`path` is only reported).
+    pub fn from_bytes(path: &Path, bytes: &[u8], batch: usize) -> Result<Self, ModelError> {
+        assert!(batch >= 1, "ROI batch must be at least 1");
+        let sha256 = hex(&Sha256::digest(bytes));
+        let onnx = tract_onnx::onnx().with_ignore_value_info(true);
+        let proto = onnx
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(|e| ModelError::NotOnnx { path: path.to_owned(), detail: format!("{e:#}") })?;
+        let graph = proto
+            .graph
+            .as_ref()
+            .filter(|g| !g.node.is_empty())
+            .ok_or_else(|| ModelError::NotOnnx { path: path.to_owned(), detail: "it holds no graph".into() })?;
+        let meta = ModelMetadata::from_props(proto.metadata_props.iter().map(|p| (p.key.as_str(), p.value.as_str())))
+            .map_err(|source| ModelError::Metadata { path: path.to_owned(), source })?;
+        let not_image = |detail: String| ModelError::NotAnImageModel { path: path.to_owned(), detail };
+        let signature = check_signature(graph, &meta).map_err(not_image)?;
+
+        let tract_err = |e: TractError| ModelError::Tract { path: path.to_owned(), detail: format!("{e:#}") };
+        let (c, r) = (meta.channels as usize, meta.roi_px as usize);
+        let typed = onnx
+            .model_for_proto_model(&proto)
+            .and_then(|m| m.with_input_fact(0, f32::fact([batch, c, r, r]).into()))
+            .and_then(|m| m.into_optimized())
+            .map_err(tract_err)?;
+        let out = typed.output_fact(0).map_err(tract_err)?;
+        let want = [batch, meta.labels.len()];
+        if out.shape.as_concrete() != Some(&want[..]) {
+            return Err(not_image(format!(
+                "for an input of {batch} ROIs its output has shape {:?}, not {want:?} (one logit per each of the {} labels)",
+                out.shape,
+                meta.labels.len()
+            )));
+        }
+        let plan = typed.into_runnable().map_err(tract_err)?;
+        Ok(Self { path: path.to_owned(), sha256, meta, signature, batch, plan })
+    }
+
+    /// ROIs per inference call: inputs must hold exactly this many.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Floats in one ROI of the input (channels x roi x roi).
+    pub fn roi_len(&self) -> usize {
+        let r = self.meta.roi_px as usize;
+        self.meta.channels as usize * r * r
+    }
+
+    /// Runs one batch: `input` holds `batch()` normalised ROIs (NCHW), the result `batch()` rows of logits.
+    pub fn logits(&self, input: &[f32]) -> Result<Vec<f32>, InferenceError> {
+        let err = |e: TractError| InferenceError { name: self.meta.name.clone(), detail: format!("{e:#}") };
+        let (c, r) = (self.meta.channels as usize, self.meta.roi_px as usize);
+        assert_eq!(input.len(), self.batch * self.roi_len(), "input must hold exactly one batch of ROIs");
+        let tensor = Tensor::from_shape(&[self.batch, c, r, r], input).map_err(err)?;
+        let out = self.plan.run(tvec!(tensor.into_tvalue())).map_err(err)?;
+        let view = out[0].to_plain_array_view::<f32>().map_err(err)?;
+        Ok(view.iter().copied().collect())
+    }
+
+    /// Runs one batch and turns each row of logits into probabilities (SoftMax).
+    pub fn probabilities(&self, input: &[f32]) -> Result<Vec<f32>, InferenceError> {
+        let mut p = self.logits(input)?;
+        for row in p.chunks_mut(self.meta.labels.len()) {
+            softmax_in_place(row);
+        }
+        Ok(p)
+    }
+}
+
+/// Numerically stable SoftMax of one row of logits.
+pub fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in row.iter_mut() {
+        *v /= sum;
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn elem_type_name(t: i32) -> String {
+    match t {
+        1 => "float32".into(),
+        2 => "uint8".into(),
+        3 => "int8".into(),
+        6 => "int32".into(),
+        7 => "int64".into(),
+        10 => "float16".into(),
+        11 => "float64".into(),
+        other => format!("type {other}"),
+    }
+}
+
+fn tensor_signature(v: &pb::ValueInfoProto) -> (TensorSignature, i32) {
+    let (elem, dims) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(pb::type_proto::Value::TensorType(t)) => {
+            let dims = t
+                .shape
+                .as_ref()
+                .map(|s| {
+                    s.dim
+                        .iter()
+                        .map(|d| match &d.value {
+                            Some(DimValue::DimValue(n)) => n.to_string(),
+                            Some(DimValue::DimParam(p)) => p.clone(),
+                            None => "?".into(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (t.elem_type, dims)
+        }
+        _ => (0, Vec::new()),
+    };
+    (TensorSignature { name: v.name.clone(), elem_type: elem_type_name(elem), dims }, elem)
+}
+
+/// Checks that the graph takes one float32 image batch that matches the metadata and gives one
+/// row of logits per ROI; returns the declared signature.
+fn check_signature(graph: &pb::GraphProto, meta: &ModelMetadata) -> Result<Signature, String> {
+    let initializers: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs: Vec<&pb::ValueInfoProto> = graph.input.iter().filter(|i| !initializers.contains(i.name.as_str())).collect();
+    let [input] = inputs[..] else {
+        let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+        return Err(format!("it has {} inputs ({})", inputs.len(), names.join(", ")));
+    };
+    let Some(output) = graph.output.first() else {
+        return Err("it has no output".into());
+    };
+    let (input_sig, elem) = tensor_signature(input);
+    let (output_sig, _) = tensor_signature(output);
+    if elem != ONNX_FLOAT {
+        return Err(format!("its input {:?} is {}, not float32", input_sig.name, input_sig.elem_type));
+    }
+    let dims = &input_sig.dims;
+    let fixed = |i: usize, want: u32| dims[i].parse::<u32>().map(|n| n == want).unwrap_or(true);
+    if dims.len() != 4 {
+        return Err(format!("its input {:?} has shape [{}], not an image batch [N, C, H, W]", input_sig.name, dims.join(", ")));
+    }
+    if !fixed(1, meta.channels) || !fixed(2, meta.roi_px) || !fixed(3, meta.roi_px) {
+        return Err(format!(
+            "its input {:?} has shape [{}] but the metadata says {} channel(s) of {r}x{r} (amfp.channels, amfp.roi_px)",
+            input_sig.name,
+            dims.join(", "),
+            meta.channels,
+            r = meta.roi_px
+        ));
+    }
+    if output_sig.dims.len() != 2 {
+        return Err(format!(
+            "its output {:?} has shape [{}], not [N, classes]",
+            output_sig.name,
+            output_sig.dims.join(", ")
+        ));
+    }
+    Ok(Signature { input: input_sig, output: output_sig })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_survives_large_logits() {
+        let mut row = [1000.0, 1001.0, 999.0];
+        softmax_in_place(&mut row);
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(row[1] > row[0] && row[0] > row[2]);
+    }
+}

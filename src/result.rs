@@ -1,0 +1,188 @@
+//! The `Attribution`: one value per inspected part, the same for every sink.
+//!
+//! The CLI prints it (a table or one JSON line), the daemon publishes it over MQTT, and the
+//! tests read it back. Its JSON form is the contract with fleet managers (shared/DESIGN.md,
+//! docs/result.md): fields are only ever added, never renamed.
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::vote::Candidate;
+
+/// What amfp concluded about a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// A known machine (label) fits: the vote's share reaches the model's threshold.
+    Identified,
+    /// No known machine fits well enough: the part may come from a machine the model never saw.
+    Unknown,
+    /// The image cannot be judged (out of envelope, no part, badly exposed): see `reason`.
+    Rejected,
+}
+
+impl Verdict {
+    /// Lower-case name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identified => "identified",
+            Self::Unknown => "unknown",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// Where the frame came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// `file`, `v4l2`, `synth`...
+    pub kind: String,
+    /// File path or device name.
+    pub name: String,
+    /// Frame counter of a stream, absent for files.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub frame: Option<u64>,
+}
+
+/// Which model judged the part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub name: String,
+    pub task: String,
+    pub sha256: String,
+}
+
+/// The outcome of checking a claimed source (a label, a purchase order) against the evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClaimStatus {
+    /// Identified as the claimed label.
+    Confirmed,
+    /// Identified as another label.
+    Contradicted,
+    /// The vote named no known label: a claimed label the model knows is not supported; a
+    /// claimed source the model does not know is consistent with it.
+    Unconfirmed,
+    /// The image was rejected: nothing to check against.
+    Unjudged,
+}
+
+/// The claim check of an Attribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimCheck {
+    /// The claimed label.
+    pub label: String,
+    /// Whether the evidence is consistent with the claim (absent when the image was rejected).
+    pub consistent: Option<bool>,
+    pub status: ClaimStatus,
+    /// Whether the model has the claimed label among its classes.
+    pub known_label: bool,
+    /// The claimed label's share of the vote (absent for labels the model does not know).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub score: Option<f64>,
+}
+
+/// How many ROIs the vote used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoiUse {
+    pub used: usize,
+    pub max: usize,
+    /// Whether the vote stopped before `max`.
+    pub early_stop: bool,
+}
+
+/// The pixel-size / sample-size envelope as checked for this frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvelopeReport {
+    /// µm per pixel of the frame, if known.
+    pub camera_pixel_um: Option<f64>,
+    /// Where that pixel size came from: `cli`, `file` or `config`.
+    pub pixel_source: Option<String>,
+    pub model_pixel_um: f64,
+    /// Side of one ROI on the part, mm.
+    pub sample_mm: f64,
+    /// Field of view [width, height] in mm, if the pixel size is known.
+    pub view_mm: Option<[f64; 2]>,
+    /// Whether the frame was resampled to the model's pixel size.
+    pub resampled: bool,
+    /// Whether the frame is inside the envelope.
+    pub ok: bool,
+}
+
+/// Milliseconds spent per stage.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Timing {
+    pub capture: f64,
+    pub preprocess: f64,
+    pub inference: f64,
+    pub total: f64,
+}
+
+/// One model's judgement of the part (a second model adds e.g. the build tray position).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttributeResult {
+    pub model: ModelRef,
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub score: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub margin: Option<f64>,
+    #[serde(default)]
+    pub top: Vec<Candidate>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rois: Option<RoiUse>,
+}
+
+/// The result of inspecting one part: what amfp publishes and prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attribution {
+    /// ULID: unique, and sorts by time.
+    pub id: String,
+    /// The inspecting device (config `device.id`, default the hostname).
+    pub device: String,
+    /// RFC 3339 UTC time of the inspection.
+    pub time: String,
+    pub source: SourceInfo,
+    /// The primary model (the first loaded).
+    pub model: ModelRef,
+    pub verdict: Verdict,
+    /// Why the part is unknown or rejected, for people.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// Stable code of a rejection (e.g. `pixel_too_coarse`), for machines.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason_code: Option<String>,
+    /// The identified label (only when identified).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub label: Option<String>,
+    /// Process of the identified label, when the model knows it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub process: Option<String>,
+    /// Leader's share of the vote, in [0, 1].
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub score: Option<f64>,
+    /// Leader's share minus the runner-up's.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub margin: Option<f64>,
+    /// The leading candidates, largest share first (also for unknown parts: the nearest machines).
+    #[serde(default)]
+    pub top: Vec<Candidate>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub claim: Option<ClaimCheck>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rois: Option<RoiUse>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub envelope: Option<EnvelopeReport>,
+    pub timing_ms: Timing,
+    /// Path of the saved evidence image, when the daemon keeps one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub evidence: Option<String>,
+    /// The other models' judgements (e.g. build tray position), when several models are loaded.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub attributes: Vec<AttributeResult>,
+}
