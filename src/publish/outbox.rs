@@ -335,12 +335,12 @@ impl Outbox {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err("the file is gone".into()),
             Err(e) => return Err(OutboxError::Io { path, source: e }),
         };
-        checked.or_else(|why| {
+        checked.map_err(|why| {
             self.forget(seq);
             let bad = self.dir.join(file_name(seq, "bad"));
             let _ = fs::rename(&path, &bad);
             log::warn!("outbox: skipping {}: {why}", path.display());
-            Err(OutboxError::Corrupt { path, why })
+            OutboxError::Corrupt { path, why }
         })
     }
 
