@@ -45,8 +45,8 @@ EXTRA_MACHINES = [("5200-3", "hp-mjf-5200"), ("F3B-7", "formlabs-form3b"),
 # 192 px ROIs (2.0 mm), the stem learns the 2x downsampling, mean+std pooling
 SHIPPED = {
     "pixel_um": 10.6, "roi": 192, "stem_stride": 2, "pool": "avgstd", "min_fg": 0.8, "batch": 48,
-    "epochs": 20, "steps": 250, "widths": "16,32,64,96,128", "depths": "1,2,2,2,2", "lr": 3e-3,
-    "lr_decay": 0.85, "warmup_steps": 100, "time_budget_min": 28.0, "val_parts": 0,
+    "epochs": 12, "steps": 250, "widths": "16,32,64,96,128", "depths": "1,2,2,2,2", "lr": 3e-3,
+    "lr_decay": 0.8, "warmup_steps": 100, "time_budget_min": 27.0, "val_parts": 0,
 }
 QUICK = dict(SHIPPED, pixel_um=42.4, roi=32, stem_stride=1, batch=16, epochs=2, steps=10,
              widths="8,16,24", depths="1,1,1", warmup_steps=5, time_budget_min=0.0, val_parts=16)

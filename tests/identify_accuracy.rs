@@ -1,0 +1,148 @@
+//! What the shipped model does through the full CLI path, on parts simulated with seeds it never
+//! saw: machine accuracy, early stopping against the full vote, and open-set rejection of
+//! machines held out of training. The numbers are printed (`cargo test -- --nocapture`) and
+//! recorded in docs/identify.md.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::*;
+
+/// Seeds of the test parts: the model was trained, validated and calibrated on seed 7.
+const KNOWN_SEED: u64 = 20_261_121;
+const HELD_OUT_SEED: u64 = 20_261_122;
+/// Parts per machine: 4 runs of 5 parts at builds spread over each machine's training range,
+/// 21 x 20 = 420 parts, so that 98 % means at most 8 errors.
+const KNOWN_RUNS: u32 = 4;
+const KNOWN_PARTS_PER_RUN: u32 = 5;
+const HELD_OUT_PARTS: u32 = 25;
+
+struct Run {
+    correct: usize,
+    identified: usize,
+    total: usize,
+    rois_used: usize,
+}
+
+fn score(parts: &[Part], results: &[serde_json::Value]) -> Run {
+    assert_eq!(parts.len(), results.len());
+    let mut run = Run { correct: 0, identified: 0, total: parts.len(), rois_used: 0 };
+    for (part, a) in parts.iter().zip(results) {
+        assert_eq!(a["source"]["name"], part.file.display().to_string());
+        assert_ne!(a["verdict"], "rejected", "simulated part rejected: {a}");
+        // Machine accuracy is the paper's: the vote's leader, whatever its score.
+        if a["top"][0]["label"] == part.machine.as_str() {
+            run.correct += 1;
+        }
+        if a["verdict"] == "identified" {
+            run.identified += 1;
+            assert_eq!(a["label"], a["top"][0]["label"]);
+        }
+        run.rois_used += a["rois"]["used"].as_u64().unwrap() as usize;
+    }
+    run
+}
+
+/// The full 16-ROI vote and the sequential early-stopping vote of the shipped int8 model over
+/// fresh parts of every known machine, through the CLI.
+fn measure_known_parts() -> (Run, Run) {
+    let dir = tempfile::tempdir().unwrap();
+    let machines = labels(INT8_MODEL);
+    let parts = simulate_across_builds(dir.path(), &machines, KNOWN_PARTS_PER_RUN, KNOWN_RUNS, KNOWN_SEED);
+    let files: Vec<&Path> = parts.iter().map(|p| p.file.as_path()).collect();
+    let model = repo(INT8_MODEL);
+    let model = model.to_str().unwrap();
+    let (full, out) = identify_json(&["--model", model, "--early-stop", "off"], &files);
+    assert!(out.status.code().is_some_and(|c| c == 0 || c == 3), "{out:?}");
+    let (early, _) = identify_json(&["--model", model, "--early-stop", "sequential"], &files);
+    let (full, early) = (score(&parts, &full), score(&parts, &early));
+    eprintln!(
+        "int8, {} fresh parts: full 16-ROI vote accuracy {:.4} ({} ROIs/part), sequential early stop {:.4} ({:.2} ROIs/part); \
+         false reject (known parts called unknown) {:.4}",
+        full.total,
+        accuracy(&full),
+        rois_per_part(&full),
+        accuracy(&early),
+        rois_per_part(&early),
+        1.0 - full.identified as f64 / full.total as f64
+    );
+    (full, early)
+}
+
+fn accuracy(r: &Run) -> f64 {
+    r.correct as f64 / r.total as f64
+}
+
+fn rois_per_part(r: &Run) -> f64 {
+    r.rois_used as f64 / r.total as f64
+}
+
+fn model_card() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(repo(REPORT)).unwrap()).unwrap()
+}
+
+/// Whether a rate measured on `n` fresh parts agrees with the model card's rate on `card_n` parts:
+/// within 3 standard errors of the difference of two binomial samples (plus one part's worth).
+fn agrees(rate: f64, n: usize, card: f64, card_n: f64) -> bool {
+    let se = (card * (1.0 - card) * (1.0 / n as f64 + 1.0 / card_n)).sqrt();
+    (rate - card).abs() <= 3.0 * se + 1.0 / n as f64
+}
+
+#[test]
+fn the_cli_reproduces_the_model_card_and_early_stopping_keeps_the_accuracy_with_fewer_rois() {
+    let (full, early) = measure_known_parts();
+    let card = &model_card()["int8"];
+    let card_n = card["parts"].as_f64().unwrap();
+    let card_acc = card["accuracy"].as_f64().unwrap();
+    assert!(agrees(accuracy(&full), full.total, card_acc, card_n), "accuracy {:.4} vs model card {card_acc:.4}", accuracy(&full));
+    let card_frr = card["open_set"]["false_reject_rate"].as_f64().unwrap();
+    let frr = 1.0 - full.identified as f64 / full.total as f64;
+    assert!(agrees(frr, full.total, card_frr, card_n), "false reject {frr:.3} vs model card {card_frr:.3}");
+    assert_eq!(rois_per_part(&full), 16.0);
+    assert!((accuracy(&early) - accuracy(&full)).abs() <= 0.005, "early stop moved accuracy by more than 0.5 points");
+    assert!(rois_per_part(&early) < 16.0, "early stopping saved nothing");
+}
+
+/// Issue 4's bar. The shipped amfp-synth-v1 reaches 97.4 % on these parts (98.7 % on its own test
+/// split): its weak pair is F3B-1/F3B-2 (two SLA units whose hatch pitch differs by 0.1 %), and it
+/// needs the longer training planned in issue 3. Run with `cargo test --profile ci --test
+/// identify_accuracy -- --ignored` after a retrain.
+#[test]
+#[ignore = "the shipped model is at 97.4 %: needs the retrain of issue 3 (see docs/identify.md)"]
+fn shipped_int8_model_identifies_fresh_parts_at_98_percent() {
+    let (full, _) = measure_known_parts();
+    assert!(accuracy(&full) >= 0.98, "machine accuracy {:.4} < 0.98", accuracy(&full));
+}
+
+#[test]
+fn machines_held_out_of_training_come_out_unknown_at_the_model_cards_rate() {
+    let card = model_card();
+    let open = &card["int8"]["open_set"];
+    let held_out: Vec<String> =
+        open["unknown_labels"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let card_rate = open["unknown_detection_rate"].as_f64().unwrap();
+    let card_n = open["unknown_parts"].as_f64().unwrap();
+    assert!(!held_out.is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    let parts = simulate(dir.path(), &held_out, HELD_OUT_PARTS, HELD_OUT_SEED);
+    let files: Vec<&Path> = parts.iter().map(|p| p.file.as_path()).collect();
+    let (results, _) = identify_json(&["--model", repo(INT8_MODEL).to_str().unwrap()], &files);
+    let mut per_machine: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for (part, a) in parts.iter().zip(&results) {
+        assert_ne!(a["verdict"], "rejected", "{a}");
+        assert!(a["label"].is_null() || a["verdict"] == "identified");
+        let e = per_machine.entry(part.machine.as_str()).or_default();
+        e.1 += 1;
+        if a["verdict"] == "unknown" {
+            e.0 += 1;
+            assert!(a["reason"].as_str().unwrap().contains("no known machine fits"), "{a}");
+        }
+    }
+    let unknown: usize = per_machine.values().map(|v| v.0).sum();
+    let rate = unknown as f64 / parts.len() as f64;
+    eprintln!("held-out machines: unknown rate {rate:.3} over {} parts (model card {card_rate:.3}); per machine {per_machine:?}", parts.len());
+    assert!(agrees(rate, parts.len(), card_rate, card_n), "unknown rate {rate:.3} vs model card {card_rate:.3}");
+    assert!(rate > 0.0, "no held-out part was called unknown");
+}
