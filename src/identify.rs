@@ -17,8 +17,8 @@ use crate::model::{InferenceError, Model};
 use crate::optics::{self, ModelGeometry};
 use crate::reject::{PixelSizeSource, Rejection};
 use crate::result::{
-    AttributeResult, Attribution, Candidate, ClaimCheck, ClaimStatus, EnvelopeReport, ModelRef, RoiUse, SourceInfo,
-    Timing, Verdict,
+    AttributeResult, Attribution, Candidate, ClaimCheck, ClaimStatus, EnvelopeReport, Judgement, ModelRef, RoiUse,
+    SourceInfo, Timing, Verdict,
 };
 use crate::roi::{MaskMode, PartSurface};
 use crate::vote::{Ballot, StopRule, Tally, VoteRule};
@@ -134,8 +134,8 @@ pub struct Identifier {
     options: IdentifyOptions,
 }
 
-/// One model's judgement before it becomes part of an Attribution.
-struct Judgement {
+/// One model's run over a frame (its outcome and costs) before it becomes part of an Attribution.
+struct ModelRun {
     outcome: Result<Tally, Rejection>,
     max_rois: usize,
     envelope: Option<EnvelopeReport>,
@@ -176,7 +176,7 @@ impl Identifier {
         let mut judgements = Vec::with_capacity(self.models.len());
         for (i, model) in self.models.iter().enumerate() {
             judgements.push(match &exposure {
-                Err(rejection) => Judgement {
+                Err(rejection) => ModelRun {
                     outcome: Err(rejection.clone()),
                     max_rois: self.max_rois(model),
                     envelope: None,
@@ -190,7 +190,7 @@ impl Identifier {
         let mut judgements = judgements.into_iter();
         let primary = judgements.next().expect("at least one model");
         let elapsed = ms(start);
-        let others: Vec<Judgement> = judgements.collect();
+        let others: Vec<ModelRun> = judgements.collect();
         let timing = Timing {
             capture: inspection.capture_ms,
             preprocess: primary.preprocess_ms + others.iter().map(|j| j.preprocess_ms).sum::<f64>(),
@@ -201,23 +201,14 @@ impl Identifier {
         let head = self.attribute(&self.models[0], &primary);
         let model = &self.models[0];
         let claim = inspection.claim.map(|c| claim_check(model, c, &primary.outcome));
-        let process = head.label.as_deref().and_then(|l| model.meta.process_of(l)).map(String::from);
         let attribution = Attribution {
             id: ulid::Ulid::generate().to_string(),
             device: self.options.device.clone(),
             time: jiff::Timestamp::now().round(jiff::Unit::Millisecond).unwrap_or_else(|_| jiff::Timestamp::now()).to_string(),
             source: inspection.source.clone(),
             model: head.model,
-            verdict: head.verdict,
-            reason: head.reason,
-            reason_code: head.reason_code,
-            label: head.label,
-            process,
-            score: head.score,
-            margin: head.margin,
-            top: head.top,
+            judgement: head.judgement,
             claim,
-            rois: head.rois,
             envelope: primary.envelope,
             timing_ms: timing,
             evidence: None,
@@ -231,13 +222,13 @@ impl Identifier {
     }
 
     /// Envelope, part mask, ROIs and the vote of one model.
-    fn judge(&self, model: &Model, inspection: &Inspection, record: bool) -> Result<Judgement, InferenceError> {
+    fn judge(&self, model: &Model, inspection: &Inspection, record: bool) -> Result<ModelRun, InferenceError> {
         let t0 = Instant::now();
         let meta = &model.meta;
         let max_rois = self.max_rois(model);
         let geometry = ModelGeometry { pixel_um: meta.pixel_size_um, roi_px: meta.roi_px };
         let frame = inspection.frame;
-        let rejected = |rejection: Rejection, envelope: Option<EnvelopeReport>| Judgement {
+        let rejected = |rejection: Rejection, envelope: Option<EnvelopeReport>| ModelRun {
             outcome: Err(rejection),
             max_rois,
             envelope,
@@ -311,7 +302,7 @@ impl Identifier {
                 break;
             }
         }
-        Ok(Judgement {
+        Ok(ModelRun {
             outcome: Ok(ballot.tally(rule.unknown_threshold)),
             max_rois,
             envelope: Some(report),
@@ -322,20 +313,23 @@ impl Identifier {
     }
 
     /// One model's judgement as reported.
-    fn attribute(&self, model: &Model, j: &Judgement) -> AttributeResult {
+    fn attribute(&self, model: &Model, j: &ModelRun) -> AttributeResult {
         let meta = &model.meta;
         let model_ref = ModelRef { name: meta.name.clone(), task: meta.task.clone(), sha256: model.sha256.clone() };
         match &j.outcome {
             Err(rejection) => AttributeResult {
                 model: model_ref,
-                verdict: Verdict::Rejected,
-                reason: Some(rejection.to_string()),
-                reason_code: Some(rejection.code().into()),
-                label: None,
-                score: None,
-                margin: None,
-                top: Vec::new(),
-                rois: None,
+                judgement: Judgement {
+                    verdict: Verdict::Rejected,
+                    reason: Some(rejection.to_string()),
+                    reason_code: Some(rejection.code().into()),
+                    label: None,
+                    process: None,
+                    score: None,
+                    margin: None,
+                    top: Vec::new(),
+                    rois: None,
+                },
             },
             Ok(tally) => {
                 let top = tally
@@ -354,16 +348,20 @@ impl Identifier {
                     );
                     (Verdict::Unknown, None, Some(why))
                 };
+                let process = label.as_deref().and_then(|l| meta.process_of(l)).map(String::from);
                 AttributeResult {
                     model: model_ref,
-                    verdict,
-                    reason,
-                    reason_code: None,
-                    label,
-                    score: Some(round4(tally.score)),
-                    margin: Some(round4(tally.margin)),
-                    top,
-                    rois: Some(RoiUse { used: tally.used, max: j.max_rois, early_stop: tally.used < j.max_rois }),
+                    judgement: Judgement {
+                        verdict,
+                        reason,
+                        reason_code: None,
+                        label,
+                        process,
+                        score: Some(round4(tally.score)),
+                        margin: Some(round4(tally.margin)),
+                        top,
+                        rois: Some(RoiUse { used: tally.used, max: j.max_rois, early_stop: tally.used < j.max_rois }),
+                    },
                 }
             }
         }

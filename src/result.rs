@@ -117,39 +117,11 @@ pub struct Timing {
     pub total: f64,
 }
 
-/// One model's judgement of the part (a second model adds e.g. the build tray position).
+/// One model's judgement of a part: the verdict and the vote behind it. Flattened into the
+/// Attribution (for the primary model) and into each entry of its `attributes` (for the others),
+/// so both read the same in JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttributeResult {
-    pub model: ModelRef,
-    pub verdict: Verdict,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub reason_code: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub label: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub score: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub margin: Option<f64>,
-    #[serde(default)]
-    pub top: Vec<Candidate>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub rois: Option<RoiUse>,
-}
-
-/// The result of inspecting one part: what amfp publishes and prints.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Attribution {
-    /// ULID: unique, and sorts by time.
-    pub id: String,
-    /// The inspecting device (config `device.id`, default the hostname).
-    pub device: String,
-    /// RFC 3339 UTC time of the inspection.
-    pub time: String,
-    pub source: SourceInfo,
-    /// The primary model (the first loaded).
-    pub model: ModelRef,
+pub struct Judgement {
     pub verdict: Verdict,
     /// Why the part is unknown or rejected, for people.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -173,9 +145,34 @@ pub struct Attribution {
     #[serde(default)]
     pub top: Vec<Candidate>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub claim: Option<ClaimCheck>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub rois: Option<RoiUse>,
+}
+
+/// Another model's judgement of the part (e.g. the build tray position), under `attributes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttributeResult {
+    pub model: ModelRef,
+    #[serde(flatten)]
+    pub judgement: Judgement,
+}
+
+/// The result of inspecting one part: what amfp publishes and prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attribution {
+    /// ULID: unique, and sorts by time.
+    pub id: String,
+    /// The inspecting device (config `device.id`, default the hostname).
+    pub device: String,
+    /// RFC 3339 UTC time of the inspection.
+    pub time: String,
+    pub source: SourceInfo,
+    /// The primary model (the first loaded).
+    pub model: ModelRef,
+    /// The primary model's verdict, label, score, margin, top and ROIs, at the top level.
+    #[serde(flatten)]
+    pub judgement: Judgement,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub claim: Option<ClaimCheck>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub envelope: Option<EnvelopeReport>,
     pub timing_ms: Timing,

@@ -95,7 +95,7 @@ impl Outcome {
         if a.claim.as_ref().is_some_and(|c| c.consistent == Some(false)) {
             return Self::ClaimInconsistent;
         }
-        match a.verdict {
+        match a.judgement.verdict {
             Verdict::Identified => Self::Identified,
             Verdict::Unknown => Self::Unknown,
             Verdict::Rejected => Self::Rejected,
@@ -272,20 +272,21 @@ fn table(path: &Path, a: &Attribution) -> String {
     let mut row = |key: &str, value: String| {
         let _ = writeln!(s, "  {key:<10} {value}");
     };
-    match a.verdict {
+    let j = &a.judgement;
+    match j.verdict {
         Verdict::Identified => {
-            let process = a.process.as_deref().map(|p| format!(" ({p})")).unwrap_or_default();
-            row("verdict", format!("IDENTIFIED {}{process}", a.label.as_deref().unwrap_or("?")));
+            let process = j.process.as_deref().map(|p| format!(" ({p})")).unwrap_or_default();
+            row("verdict", format!("IDENTIFIED {}{process}", j.label.as_deref().unwrap_or("?")));
         }
-        Verdict::Unknown => row("verdict", format!("UNKNOWN SOURCE: {}", a.reason.as_deref().unwrap_or(""))),
-        Verdict::Rejected => row("verdict", format!("REJECTED: {}", a.reason.as_deref().unwrap_or(""))),
+        Verdict::Unknown => row("verdict", format!("UNKNOWN SOURCE: {}", j.reason.as_deref().unwrap_or(""))),
+        Verdict::Rejected => row("verdict", format!("REJECTED: {}", j.reason.as_deref().unwrap_or(""))),
     }
-    if let (Some(score), Some(margin), Some(rois)) = (a.score, a.margin, a.rois) {
+    if let (Some(score), Some(margin), Some(rois)) = (j.score, j.margin, j.rois) {
         let stop = if rois.early_stop { ", stopped early" } else { "" };
         row("score", format!("{score:.3} (margin {margin:.3}), {} of {} ROIs{stop}", rois.used, rois.max));
     }
-    if !a.top.is_empty() {
-        row("top", a.top.iter().map(|c| format!("{} {:.3}", c.label, c.score)).collect::<Vec<_>>().join(", "));
+    if !j.top.is_empty() {
+        row("top", j.top.iter().map(|c| format!("{} {:.3}", c.label, c.score)).collect::<Vec<_>>().join(", "));
     }
     if let Some(c) = &a.claim {
         let status = match c.status {
@@ -298,10 +299,10 @@ fn table(path: &Path, a: &Attribution) -> String {
         row("claim", format!("{}: {status}", c.label));
     }
     for attr in &a.attributes {
-        let what = match attr.verdict {
-            Verdict::Identified => format!("{} (score {:.3})", attr.label.as_deref().unwrap_or("?"), attr.score.unwrap_or(0.0)),
-            Verdict::Unknown => format!("unknown ({})", attr.reason.as_deref().unwrap_or("")),
-            Verdict::Rejected => format!("rejected ({})", attr.reason.as_deref().unwrap_or("")),
+        let what = match attr.judgement.verdict {
+            Verdict::Identified => format!("{} (score {:.3})", attr.judgement.label.as_deref().unwrap_or("?"), attr.judgement.score.unwrap_or(0.0)),
+            Verdict::Unknown => format!("unknown ({})", attr.judgement.reason.as_deref().unwrap_or("")),
+            Verdict::Rejected => format!("rejected ({})", attr.judgement.reason.as_deref().unwrap_or("")),
         };
         row(&attr.model.task, what);
     }
