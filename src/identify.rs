@@ -189,7 +189,7 @@ impl Identifier {
         }
         let mut judgements = judgements.into_iter();
         let primary = judgements.next().expect("at least one model");
-        let elapsed = ms(start);
+        let elapsed = elapsed_ms(start);
         let others: Vec<ModelRun> = judgements.collect();
         let timing = Timing {
             capture: inspection.capture_ms,
@@ -232,7 +232,7 @@ impl Identifier {
             outcome: Err(rejection),
             max_rois,
             envelope,
-            preprocess_ms: ms(t0),
+            preprocess_ms: elapsed_ms(t0),
             inference_ms: 0.0,
             record: None,
         };
@@ -277,7 +277,7 @@ impl Identifier {
             roi_shape: [meta.channels as usize, meta.roi_px as usize, meta.roi_px as usize],
             classes,
         });
-        let mut preprocess_ms = ms(t0);
+        let mut preprocess_ms = elapsed_ms(t0);
         let mut inference_ms = 0.0;
         for chunk in corners.chunks(batch) {
             let t = Instant::now();
@@ -286,10 +286,10 @@ impl Identifier {
                 let corner = chunk.get(k).copied().unwrap_or(chunk[0]);
                 surface.write_roi(corner, meta.mean, meta.std, meta.channels as usize, slot);
             }
-            preprocess_ms += ms(t);
+            preprocess_ms += elapsed_ms(t);
             let t = Instant::now();
             let probs = model.probabilities(&input)?;
-            inference_ms += ms(t);
+            inference_ms += elapsed_ms(t);
             for (k, row) in probs.chunks(classes).take(chunk.len()).enumerate() {
                 ballot.add(row);
                 if let Some(r) = rec.as_mut() {
@@ -400,7 +400,7 @@ fn claim_check(model: &Model, claim: &str, outcome: &Result<Tally, Rejection>) -
 fn envelope_report(e: &optics::Envelope) -> EnvelopeReport {
     EnvelopeReport {
         camera_pixel_um: Some(e.camera_pixel_um),
-        pixel_source: Some(source_name(e.pixel_source).into()),
+        pixel_source: Some(e.pixel_source),
         model_pixel_um: e.model_pixel_um,
         sample_mm: e.sample_mm,
         view_mm: Some(e.view_mm),
@@ -414,24 +414,17 @@ fn refused_envelope(inspection: &Inspection, frame: &Frame, geometry: &ModelGeom
     let camera = inspection.pixel.map(|p| p.0);
     EnvelopeReport {
         camera_pixel_um: camera,
-        pixel_source: inspection.pixel.map(|p| source_name(p.1).into()),
+        pixel_source: inspection.pixel.map(|p| p.1),
         model_pixel_um: geometry.pixel_um,
-        sample_mm: geometry.roi_px as f64 * geometry.pixel_um / 1000.0,
+        sample_mm: geometry.sample_mm(),
         view_mm: camera.map(|um| [frame.width as f64 * um / 1000.0, frame.height as f64 * um / 1000.0]),
         resampled: false,
         ok: false,
     }
 }
 
-fn source_name(s: PixelSizeSource) -> &'static str {
-    match s {
-        PixelSizeSource::Cli => "cli",
-        PixelSizeSource::File => "file",
-        PixelSizeSource::Config => "config",
-    }
-}
-
-fn ms(since: Instant) -> f64 {
+/// Milliseconds since `since`, to 0.01 ms: the resolution of the timings in results.
+pub fn elapsed_ms(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 1e5).round() / 100.0
 }
 

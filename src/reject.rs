@@ -5,11 +5,11 @@
 //! problem and what the operator can do about it, and has a stable machine-readable code,
 //! so an inspector reads the message and a fleet manager counts the codes.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where a frame's pixel size came from; reported with every envelope so that a wrong value
 /// can be traced to the flag, the file or the configuration that supplied it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PixelSizeSource {
     /// `--pixel-um` on the command line.
@@ -18,6 +18,17 @@ pub enum PixelSizeSource {
     File,
     /// `camera.pixel_um` in the configuration (configured or calibrated).
     Config,
+}
+
+impl PixelSizeSource {
+    /// Stable short name, as in JSON (`cli`, `file`, `config`).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Cli => "cli",
+            Self::File => "file",
+            Self::Config => "config",
+        }
+    }
 }
 
 impl std::fmt::Display for PixelSizeSource {

@@ -96,7 +96,7 @@ pub struct EnvelopeReport {
     /// µm per pixel of the frame, if known.
     pub camera_pixel_um: Option<f64>,
     /// Where that pixel size came from: `cli`, `file` or `config`.
-    pub pixel_source: Option<String>,
+    pub pixel_source: Option<crate::reject::PixelSizeSource>,
     pub model_pixel_um: f64,
     /// Side of one ROI on the part, mm.
     pub sample_mm: f64,

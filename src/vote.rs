@@ -142,9 +142,8 @@ impl Ballot {
         let tally = self.tally(t);
         let s1 = self.sum[tally.leader];
         let s2 = self.sum[tally.ranking[1].0];
-        // Unknown whatever happens: even a class given every remaining vote stays under the threshold.
-        let best_possible = self.sum.iter().fold(0.0f64, |m, &s| m.max(s)) + r;
-        if best_possible / total < t {
+        // Unknown whatever happens: even the leader given every remaining vote stays under the threshold.
+        if (s1 + r) / total < t {
             return true;
         }
         let label_fixed = s1 - s2 > r;

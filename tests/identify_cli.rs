@@ -80,6 +80,7 @@ fn the_attribution_follows_the_design_contract() {
     assert!((a["margin"].as_f64().unwrap() - (score - second)).abs() < 2e-4);
     assert_eq!(a["envelope"]["camera_pixel_um"].as_f64().map(|v| (v * 100.0).round()), Some(1060.0));
     assert_eq!(a["envelope"]["ok"], true);
+    assert_eq!(a["envelope"]["pixel_source"], "file");
     assert_eq!(a["id"].as_str().unwrap().len(), 26, "a ULID");
     assert!(a["time"].as_str().unwrap().ends_with('Z'));
     for k in ["capture", "preprocess", "inference", "total"] {

@@ -17,7 +17,9 @@ use clap::Args;
 
 use crate::capture::file::read_frame;
 use crate::config::Settings;
-use crate::identify::{IdentifyOptions, Identifier, Inspection, RoiRecord, bundled_model_path, resolve_pixel_size};
+use crate::identify::{
+    IdentifyOptions, Identifier, Inspection, RoiRecord, bundled_model_path, elapsed_ms, resolve_pixel_size,
+};
 use crate::model::Model;
 use crate::result::{Attribution, ClaimStatus, SourceInfo, Verdict};
 use crate::roi::MaskMode;
@@ -223,13 +225,12 @@ fn judge_all(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs, 
 fn judge_one(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs, path: &Path) -> Result<Attribution, String> {
     let t0 = Instant::now();
     let frame = read_frame(path).map_err(|e| e.to_string())?;
-    let capture_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let inspection = Inspection {
         pixel: resolve_pixel_size(args.pixel_um, &frame, settings.camera.pixel_um),
         frame: &frame,
         source: SourceInfo { kind: "file".into(), name: path.display().to_string(), frame: None },
         claim: args.claim.as_deref(),
-        capture_ms: (capture_ms * 100.0).round() / 100.0,
+        capture_ms: elapsed_ms(t0),
     };
     let (attribution, record) = identifier
         .identify_recorded(&inspection, args.save_rois.is_some())
@@ -307,8 +308,8 @@ fn table(path: &Path, a: &Attribution) -> String {
         row(&attr.model.task, what);
     }
     if let Some(e) = &a.envelope {
-        let camera = match (e.camera_pixel_um, &e.pixel_source) {
-            (Some(um), Some(src)) => format!("{um:.2} µm/px ({src})"),
+        let camera = match (e.camera_pixel_um, e.pixel_source) {
+            (Some(um), Some(src)) => format!("{um:.2} µm/px ({})", src.code()),
             _ => "pixel size unknown".into(),
         };
         let view = e.view_mm.map(|[w, h]| format!(", view {w:.1} x {h:.1} mm")).unwrap_or_default();
