@@ -1,6 +1,8 @@
 //! `amfp config check` end to end: the built binary with temporary configuration files and a
 //! controlled environment.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 
@@ -21,14 +23,8 @@ fn config_file(text: &str) -> NamedTempFile {
 
 /// `amfp config check` with no inherited AMFP settings, RUST_LOG or systemd variables.
 fn check(config: Option<&Path>) -> Command {
-    let mut cmd = Command::cargo_bin("amfp").unwrap();
+    let mut cmd = common::amfp_clean_env();
     cmd.args(["config", "check"]);
-    for (name, _) in std::env::vars_os() {
-        let upper = name.to_string_lossy().to_ascii_uppercase();
-        if upper.starts_with("AMFP") || upper == "RUST_LOG" || upper == "JOURNAL_STREAM" {
-            cmd.env_remove(&name);
-        }
-    }
     if let Some(path) = config {
         cmd.arg("--config").arg(path);
     }

@@ -2,6 +2,8 @@
 //! checked for determinism, labels, splits, drift and fleet-file errors; the library API where
 //! it is handier.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -39,13 +41,7 @@ impl Scratch {
 
     /// `amfp synth` with the scratch configuration and a clean environment.
     fn synth(&self) -> Command {
-        let mut cmd = Command::cargo_bin("amfp").unwrap();
-        for (name, _) in std::env::vars_os() {
-            let upper = name.to_string_lossy().to_ascii_uppercase();
-            if upper.starts_with("AMFP") || upper == "RUST_LOG" || upper == "JOURNAL_STREAM" {
-                cmd.env_remove(&name);
-            }
-        }
+        let mut cmd = common::amfp_clean_env();
         cmd.arg("--config").arg(self.path("amfp.toml")).arg("synth");
         cmd
     }

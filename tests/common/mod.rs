@@ -17,15 +17,23 @@ pub fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// The `amfp` binary under test, with no configuration file and no environment overrides.
-pub fn amfp() -> Command {
+/// The `amfp` binary with no inherited AMFP settings, RUST_LOG or systemd variables, so that
+/// the environment the tests run in cannot change what they see.
+pub fn amfp_clean_env() -> Command {
     let mut cmd = Command::cargo_bin("amfp").unwrap();
-    cmd.env("AMFP_CONFIG", repo("tests/data/empty.toml")).env_remove("RUST_LOG");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AMFP__") {
-            cmd.env_remove(k);
+    for (name, _) in std::env::vars_os() {
+        let upper = name.to_string_lossy().to_ascii_uppercase();
+        if upper.starts_with("AMFP") || upper == "RUST_LOG" || upper == "JOURNAL_STREAM" {
+            cmd.env_remove(&name);
         }
     }
+    cmd
+}
+
+/// The `amfp` binary under test, with no configuration file and no environment overrides.
+pub fn amfp() -> Command {
+    let mut cmd = amfp_clean_env();
+    cmd.env("AMFP_CONFIG", repo("tests/data/empty.toml"));
     cmd
 }
 
