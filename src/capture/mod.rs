@@ -1,10 +1,12 @@
-//! Where frames come from: image files today, V4L2 cameras next (issue 5).
+//! Where frames come from: image files, watched directories, the simulator and V4L2 cameras,
+//! all behind one [`source::FrameSource`] trait.
 //!
 //! Every source produces the same [`Frame`]: gray intensities in [0, 1] and, when the
 //! source knows it, the size of a pixel on the part. The rest of the pipeline never sees
 //! file formats, bit depths or colour.
 
 pub mod file;
+pub mod source;
 
 /// One grayscale image with intensities in [0, 1], row-major.
 #[derive(Debug, Clone, PartialEq)]
