@@ -46,6 +46,12 @@ pub struct Settings {
     pub identify: IdentifySettings,
     /// `[mqtt]`: publishing to a fleet manager over MQTT.
     pub mqtt: MqttSettings,
+    /// `[source]`: where the daemon's parts come from.
+    pub source: crate::daemon::settings::SourceSettings,
+    /// `[daemon]`: when the daemon inspects a part, its state and shutdown.
+    pub daemon: crate::daemon::settings::DaemonSettings,
+    /// `[output]`: the daemon's local sinks (stdout, results log, evidence images).
+    pub output: crate::daemon::settings::OutputSettings,
 }
 
 /// Identity of the device in results and MQTT topics.
@@ -225,7 +231,12 @@ const ALLOWED: &[(&str, &str)] = &[
 
 /// What `key` accepts, in words, when the key is known.
 fn allowed(key: &str) -> Option<&'static str> {
-    ALLOWED.iter().find(|(k, _)| *k == key).map(|(_, a)| *a)
+    all_allowed().find(|(k, _)| *k == key).map(|(_, a)| *a)
+}
+
+/// Every key with what it accepts: this module's table and the daemon's sections' table.
+fn all_allowed() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    ALLOWED.iter().chain(crate::daemon::settings::ALLOWED)
 }
 
 /// A value that deserialised but is not allowed, found by [`Settings::check`].
@@ -274,6 +285,12 @@ impl Settings {
         }
         self.check_identify(&mut bad);
         self.check_mqtt(&mut bad);
+        for (key, shown) in crate::daemon::settings::check(&self.source, &self.daemon, &self.output) {
+            bad(key, format!("{shown} is not allowed; expected {}", allowed(key).unwrap_or_default()));
+        }
+        if let Some((key, message)) = crate::daemon::settings::check_together(&self.source) {
+            bad(key, message);
+        }
         if s.threads > MAX_THREADS {
             bad(
                 "synth.threads",
@@ -1396,7 +1413,7 @@ mod tests {
         assert!(
             sinth
                 .message
-                .contains("unknown section; expected one of: log, synth, device, model, camera, identify, mqtt; did you mean `synth`?"),
+                .contains("unknown section; expected one of: log, synth, device, model, camera, identify, mqtt, source, daemon, output; did you mean `synth`?"),
             "{sinth}"
         );
         let sed = &e.problems()[4];
@@ -1498,7 +1515,7 @@ mod tests {
     fn docs_and_packaged_file_match_the_code() {
         let docs = include_str!("../docs/configuration.md");
         let packaged = include_str!("../systemd/amfp.toml");
-        for (key, _) in ALLOWED {
+        for (key, _) in all_allowed() {
             assert!(
                 docs.contains(&format!("`{key}`")),
                 "docs/configuration.md lacks `{key}`"
@@ -1520,7 +1537,7 @@ mod tests {
                 l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))
             })
             // Keys whose default is "not set" are shown with an example value.
-            .filter(|l| !["fleet", "id", "path", "pixel_um", "rois", "client_id", "username", "password_file", "ca_file", "client_cert_file", "client_key_file"].iter().any(|k| l.starts_with(&format!("{k} = "))))
+            .filter(|l| !["fleet", "id", "path", "pixel_um", "rois", "client_id", "username", "password_file", "ca_file", "client_cert_file", "client_key_file", "dir", "expect"].iter().any(|k| l.starts_with(&format!("{k} = "))))
             .map(|l| format!("{l}\n"))
             .collect();
         let parsed: Settings = toml::from_str(&uncommented).unwrap();

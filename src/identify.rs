@@ -38,6 +38,16 @@ pub fn bundled_model_path() -> PathBuf {
     }
 }
 
+/// The models to load, primary first: `flags` (`--model`), else `model.path` and `model.extra`
+/// from the configuration, else the bundled model.
+pub fn model_paths(settings: &Settings, flags: &[PathBuf]) -> Vec<PathBuf> {
+    if !flags.is_empty() {
+        return flags.to_vec();
+    }
+    let primary = settings.model.path.clone().unwrap_or_else(bundled_model_path);
+    std::iter::once(primary).chain(settings.model.extra.iter().cloned()).collect()
+}
+
 /// How the pipeline draws ROIs and votes, from the configuration and flags.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdentifyOptions {
@@ -211,6 +221,7 @@ impl Identifier {
             claim,
             envelope: primary.envelope,
             timing_ms: timing,
+            reference: None,
             evidence: None,
             attributes,
         };

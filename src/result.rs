@@ -176,7 +176,11 @@ pub struct Attribution {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub envelope: Option<EnvelopeReport>,
     pub timing_ms: Timing,
-    /// Path of the saved evidence image, when the daemon keeps one.
+    /// The requester's own reference (a purchase order, a job), echoed from an MQTT
+    /// `cmd/inspect` command so the fleet can match the result to its request.
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none", default)]
+    pub reference: Option<String>,
+    /// Path of the saved evidence image relative to the state directory, when the daemon keeps one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub evidence: Option<String>,
     /// The other models' judgements (e.g. build tray position), when several models are loaded.

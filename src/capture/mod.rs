@@ -5,8 +5,10 @@
 //! source knows it, the size of a pixel on the part. The rest of the pipeline never sees
 //! file formats, bit depths or colour.
 
+pub mod directory;
 pub mod file;
 pub mod source;
+pub mod synth;
 
 /// One grayscale image with intensities in [0, 1], row-major.
 #[derive(Debug, Clone, PartialEq)]

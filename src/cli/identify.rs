@@ -18,7 +18,7 @@ use clap::Args;
 use crate::capture::file::read_frame;
 use crate::config::Settings;
 use crate::identify::{
-    IdentifyOptions, Identifier, Inspection, RoiRecord, bundled_model_path, elapsed_ms, resolve_pixel_size,
+    IdentifyOptions, Identifier, Inspection, RoiRecord, elapsed_ms, model_paths, resolve_pixel_size,
 };
 use crate::model::Model;
 use crate::result::{Attribution, ClaimStatus, SourceInfo, Verdict};
@@ -162,15 +162,6 @@ pub fn run(settings: &Settings, args: IdentifyArgs) -> ExitCode {
         .min(args.images.len());
     let worst = judge_all(&identifier, settings, &args, threads);
     ExitCode::from(worst.exit_code())
-}
-
-/// The models to load: flags, else the configuration, else the bundled model.
-fn model_paths(settings: &Settings, flags: &[PathBuf]) -> Vec<PathBuf> {
-    if !flags.is_empty() {
-        return flags.to_vec();
-    }
-    let primary = settings.model.path.clone().unwrap_or_else(bundled_model_path);
-    std::iter::once(primary).chain(settings.model.extra.iter().cloned()).collect()
 }
 
 /// Judges every image on `threads` workers and prints the results in the order given.

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod identify;
 pub mod model;
+pub mod run;
 pub mod synth;
 
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Look at models.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Run the daemon: inspect parts from a camera, a watched directory or the simulator, and
+    /// send each attribution to stdout, the results log and MQTT, until SIGINT or SIGTERM.
+    Run(run::RunArgs),
 }
 
 /// Runs a parsed command line and turns its outcome into the process exit code.
@@ -54,6 +58,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Synth(args) => synth::run(cli.config.as_deref(), args),
         Command::Identify(args) => with_settings(cli.config.as_deref(), |s| identify::run(s, args)),
         Command::Model(cmd) => with_settings(cli.config.as_deref(), |s| model::run(s, cmd)),
+        Command::Run(args) => with_settings(cli.config.as_deref(), |s| run::run(s, args)),
     }
 }
 

@@ -1,0 +1,532 @@
+//! `amfp run`: the long-running service that inspects parts and tells the fleet what it found.
+//!
+//! Three tasks joined by bounded channels, so a slow stage makes the one before it wait and
+//! nothing is dropped or piles up in memory:
+//!
+//! ```text
+//!  capture ──jobs (daemon.queue)──► inference ──judged──► sinks
+//!  source + trigger                 blocking thread       evidence, stdout, results log, MQTT
+//!  (blocking grabs)                 watchdog pings        odd-part events, on_done
+//! ```
+//! - **capture** asks the source for frames on a blocking thread and decides, by the trigger
+//!   (`each`, `continuous`, `interval`, `command`), which frame is a part to judge.
+//! - **inference** runs [`Identifier::identify`](crate::identify::Identifier) on a blocking
+//!   thread (never on the reactor) and pings the systemd watchdog between parts, so a hung
+//!   inference stops the pings and systemd restarts the service.
+//! - **sinks** hand each Attribution to every sink ([`sink::Sinks`]) and only then tell the source
+//!   the part is done.
+//!
+//! One shutdown signal (SIGINT, SIGTERM, or the source running out) stops the capture; what was
+//! already captured is judged and delivered, the MQTT publisher says `offline` and waits for the
+//! broker's acknowledgements, all within `daemon.shutdown_grace_s`. A result not acknowledged in
+//! time stays in the MQTT outbox and goes out after the next start. See docs/daemon.md.
+
+pub mod evidence;
+pub mod settings;
+pub mod sink;
+pub mod systemd;
+pub mod trigger;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::directory::WatchedDirectory;
+use crate::capture::source::{CaptureError, Captured, FrameSource, Grab};
+use crate::capture::synth::SynthSource;
+use crate::config::Settings;
+use crate::identify::{IdentifyOptions, Identifier, Inspection, model_paths, resolve_pixel_size};
+use crate::model::Model;
+use crate::publish::{InspectCommand, MqttPublisher};
+use crate::result::Verdict;
+use crate::synth::fleet::Fleet;
+use evidence::RoiBox;
+use settings::{SourceKind, TriggerKind};
+use sink::{Judged, Sinks};
+use systemd::Systemd;
+use trigger::{DetectorSettings, PartDetector, Sighting};
+
+/// How long one grab may block, so the capture task sees a shutdown promptly.
+const GRAB_WAIT: Duration = Duration::from_millis(250);
+
+/// Why the daemon could not start or had to stop. The message names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A setting or combination of settings cannot work (exit status 2).
+    #[error("{0}")]
+    Config(String),
+    /// A model, the source or a sink could not be opened, or the source failed for good (exit 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What the command line adds to the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Models from `--model`, overriding `[model]`.
+    pub models: Vec<PathBuf>,
+    /// Stop after this many parts (demos, batch jobs, tests).
+    pub max_parts: Option<u64>,
+}
+
+/// What a run did, for the last log line and the tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Parts judged.
+    pub judged: u64,
+    /// Parts delivered to every sink.
+    pub delivered: u64,
+    /// MQTT shut down cleanly (every result acknowledged); `None` without MQTT.
+    pub mqtt_clean: Option<bool>,
+    /// Results left in the MQTT outbox for the next start.
+    pub outbox_left: u64,
+}
+
+/// One part to judge, with the claim and reference of the command that asked for it.
+struct Job {
+    captured: Captured,
+    claim: Option<String>,
+    reference: Option<String>,
+}
+
+/// What the source and trigger need to run.
+struct Capture {
+    source: Box<dyn FrameSource>,
+    trigger: TriggerKind,
+    interval: Duration,
+    detector: DetectorSettings,
+    max_parts: Option<u64>,
+}
+
+/// Runs the daemon until `shutdown` is cancelled or the source runs out. See the module docs.
+pub async fn run(settings: Settings, options: RunOptions, shutdown: CancellationToken) -> Result<RunSummary, DaemonError> {
+    let systemd = Systemd::from_env();
+    let identify = IdentifyOptions::from_settings(&settings);
+    let device = identify.device.clone();
+    let paths = model_paths(&settings, &options.models);
+    let batch = identify.batch;
+    let models = tokio::task::spawn_blocking(move || load_models(&paths, batch)).await.expect("model loading panicked")?;
+    if let Some(expect) = &settings.daemon.expect
+        && !models[0].meta.labels.contains(expect)
+    {
+        return Err(DaemonError::Config(format!(
+            "daemon.expect = {expect:?} is not a label of model {} ({}); expected one of: {}",
+            models[0].meta.name,
+            models[0].path.display(),
+            models[0].meta.labels.join(", ")
+        )));
+    }
+    let model_status = json!({
+        "name": models[0].meta.name, "task": models[0].meta.task, "sha256": models[0].sha256,
+        "pixel_size_um": models[0].meta.pixel_size_um, "roi_px": models[0].meta.roi_px,
+    });
+    let identifier = Arc::new(Identifier::new(models, identify));
+
+    let source_settings = settings.clone();
+    let model_path = identifier.models()[0].path.clone();
+    let source = tokio::task::spawn_blocking(move || open_source(&source_settings, &model_path))
+        .await
+        .expect("source opening panicked")?;
+    let described = source.describe();
+    let trigger = resolve_trigger(settings.daemon.trigger, source.is_live(), settings.mqtt.enabled)?;
+    log::info!("source: {} {} ({}), trigger {trigger:?}", described.kind, described.name, if source.is_live() { "live view" } else { "one part per frame" });
+
+    let (mqtt, commands) = if settings.mqtt.enabled {
+        let status = json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "model": model_status,
+            "source": {"kind": described.kind, "name": described.name},
+            "trigger": format!("{trigger:?}").to_lowercase(),
+            "expect": settings.daemon.expect,
+        });
+        let (publisher, commands) = MqttPublisher::start(&settings.mqtt, &device, status)
+            .await
+            .map_err(|e| DaemonError::Config(format!("mqtt: {e}")))?;
+        (Some(publisher), Some(commands))
+    } else {
+        (None, None)
+    };
+    let sinks = Sinks::open(&settings.output, &settings.daemon.state_dir, mqtt.clone()).map_err(DaemonError::Failed)?;
+
+    let capture = Capture {
+        source,
+        trigger,
+        interval: Duration::from_secs_f64(settings.daemon.interval_s),
+        detector: DetectorSettings {
+            presence_fraction: settings.daemon.presence_fraction,
+            still_frames: settings.daemon.still_frames,
+            still_tolerance: settings.daemon.still_tolerance,
+        },
+        max_parts: options.max_parts,
+    };
+    let (jobs_tx, jobs_rx) = mpsc::channel(settings.daemon.queue);
+    let (judged_tx, judged_rx) = mpsc::channel(settings.daemon.queue);
+    let stop_capture = shutdown.child_token();
+    systemd.ready(&format!("ready: {} {}, model {}", described.kind, described.name, identifier.models()[0].meta.name));
+    log::info!("amfp {} running as device {device}", env!("CARGO_PKG_VERSION"));
+
+    let capture_task = tokio::spawn(capture_loop(capture, jobs_tx, commands, stop_capture.clone(), mqtt.clone()));
+    let inference_task = tokio::spawn(inference_loop(
+        identifier,
+        settings.clone(),
+        jobs_rx,
+        judged_tx,
+        sinks.wants_evidence(),
+        systemd.clone(),
+        mqtt.clone(),
+    ));
+    let sink_task = tokio::spawn(sink_loop(sinks, judged_rx, systemd.clone()));
+
+    // The capture ends on a signal, when the source runs out or fails for good, or after
+    // --parts; the other two then drain what was captured.
+    let captured = capture_task.await.expect("capture task panicked");
+    let grace = Duration::from_secs(settings.daemon.shutdown_grace_s);
+    let drain = async {
+        let judged = inference_task.await.expect("inference task panicked");
+        let delivered = sink_task.await.expect("sink task panicked");
+        (judged, delivered)
+    };
+    tokio::pin!(drain);
+    let mut deadline = shutdown.is_cancelled().then(|| Instant::now() + grace);
+    let (judged, delivered) = loop {
+        let timer = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => shutdown.cancelled().await,
+            }
+        };
+        tokio::select! {
+            done = &mut drain => break done,
+            _ = timer => match deadline {
+                Some(_) => {
+                    log::warn!("shutdown: parts still in flight after {} s (daemon.shutdown_grace_s); their images stay at the source", grace.as_secs());
+                    break (0, 0);
+                }
+                None => deadline = Some(Instant::now() + grace),
+            },
+        }
+    };
+    systemd.stopping();
+    let mut summary = RunSummary { judged, delivered, ..Default::default() };
+    if let Some(mqtt) = &mqtt {
+        let left = deadline.map_or(grace, |d| d.saturating_duration_since(Instant::now()));
+        let report = mqtt.shutdown(left.min(Duration::from_secs(settings.mqtt.shutdown_grace_s)).max(Duration::from_millis(100))).await;
+        summary.mqtt_clean = Some(report.clean);
+        summary.outbox_left = report.outbox_entries;
+        if report.outbox_entries > 0 {
+            log::info!("mqtt: {} results wait in the outbox for the next start", report.outbox_entries);
+        }
+    }
+    log::info!("stopped: {judged} parts judged, {delivered} delivered to every sink");
+    captured.map(|()| summary)
+}
+
+/// Loads the models, primary first.
+fn load_models(paths: &[PathBuf], batch: usize) -> Result<Vec<Model>, DaemonError> {
+    paths
+        .iter()
+        .map(|p| {
+            let m = Model::load(p, batch).map_err(|e| DaemonError::Failed(e.to_string()))?;
+            log::info!("model {} ({}, {} labels, sha256 {})", m.meta.name, p.display(), m.meta.labels.len(), &m.sha256[..12]);
+            Ok(m)
+        })
+        .collect()
+}
+
+/// Opens the configured source.
+fn open_source(settings: &Settings, model_path: &Path) -> Result<Box<dyn FrameSource>, DaemonError> {
+    let s = &settings.source;
+    let failed = |e: CaptureError| DaemonError::Failed(e.to_string());
+    Ok(match s.kind {
+        SourceKind::Directory => {
+            let dir = s.dir.as_ref().ok_or_else(|| DaemonError::Config("source.dir is not set; set the directory to watch".into()))?;
+            Box::new(
+                WatchedDirectory::open(dir, Duration::from_millis(s.settle_ms), Duration::from_millis(s.poll_ms)).map_err(failed)?,
+            )
+        }
+        SourceKind::Synth => {
+            let fleet = match settings.synth.fleet.clone().or_else(|| fleet_beside(model_path)) {
+                Some(path) => {
+                    log::info!("synth source: fleet {}", path.display());
+                    Fleet::load(&path).map_err(|e| DaemonError::Failed(format!("synth source: {e}")))?
+                }
+                None => {
+                    log::info!("synth source: the built-in fleet (no fleet file beside the model, synth.fleet not set)");
+                    Fleet::paper(7)
+                }
+            };
+            Box::new(SynthSource::new(fleet, s.synth_seed, settings.synth.scanner_pixel_um, settings.synth.bit_depth))
+        }
+        SourceKind::V4l2 => {
+            return Err(DaemonError::Failed(
+                "source.kind = \"v4l2\": camera capture is not in this build yet; use source.kind = \"directory\" or \"synth\"".into(),
+            ));
+        }
+    })
+}
+
+/// The fleet file shipped beside a model: `models/amfp-synth-v1.int8.onnx` → `models/amfp-synth-v1.fleet.toml`.
+pub fn fleet_beside(model: &Path) -> Option<PathBuf> {
+    let name = model.file_name()?.to_str()?;
+    let stem = name.split('.').next()?;
+    let path = model.with_file_name(format!("{stem}.fleet.toml"));
+    path.is_file().then_some(path)
+}
+
+/// The trigger to use, from the setting and the kind of source; combinations that cannot work
+/// are configuration errors.
+fn resolve_trigger(setting: TriggerKind, live: bool, mqtt: bool) -> Result<TriggerKind, DaemonError> {
+    let trigger = match setting {
+        TriggerKind::Auto if live => TriggerKind::Continuous,
+        TriggerKind::Auto => TriggerKind::Each,
+        t => t,
+    };
+    match trigger {
+        TriggerKind::Each if live => Err(DaemonError::Config(
+            "daemon.trigger = \"each\" judges every frame, which suits a directory or the simulator, not a camera; use continuous, interval or command".into(),
+        )),
+        TriggerKind::Continuous if !live => Err(DaemonError::Config(
+            "daemon.trigger = \"continuous\" watches a live camera view; with a directory or the simulator use each (every image is a part) or interval".into(),
+        )),
+        TriggerKind::Command if !mqtt => Err(DaemonError::Config(
+            "daemon.trigger = \"command\" waits for MQTT cmd/inspect commands, but mqtt.enabled is false; enable MQTT or choose another trigger".into(),
+        )),
+        t => Ok(t),
+    }
+}
+
+/// Publishes an event when MQTT is on (the log has it either way).
+fn event(mqtt: &Option<MqttPublisher>, kind: &str, detail: Value) {
+    if let Some(m) = mqtt
+        && let Err(e) = m.publish_event(kind, detail)
+    {
+        log::warn!("mqtt: {kind} event not sent: {e}");
+    }
+}
+
+/// The capture task: asks the source for frames and turns the trigger's picks into jobs.
+/// Returns when `stop` is cancelled, the source ends, `max_parts` were captured, or the source
+/// fails for good (the error).
+async fn capture_loop(
+    capture: Capture,
+    jobs: mpsc::Sender<Job>,
+    mut commands: Option<mpsc::Receiver<InspectCommand>>,
+    stop: CancellationToken,
+    mqtt: Option<MqttPublisher>,
+) -> Result<(), DaemonError> {
+    let Capture { source, trigger, interval, detector, max_parts } = capture;
+    let mut source = Some(source);
+    let mut detector = PartDetector::new(detector);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent = 0u64;
+    let mut lost = false;
+    // Parts asked for by a trigger or command and not yet captured: (claim, reference).
+    let mut wanted: Option<(Option<String>, Option<String>)> = None;
+    let live = source.as_ref().is_some_and(|s| s.is_live());
+    loop {
+        if max_parts.is_some_and(|m| sent >= m) || stop.is_cancelled() {
+            return Ok(());
+        }
+        // What makes the next part: a tick, a command, or simply the next frame.
+        if wanted.is_none() {
+            match trigger {
+                TriggerKind::Interval => tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = ticker.tick() => wanted = Some((None, None)),
+                    Some(cmd) = recv(&mut commands) => wanted = Some((cmd.claim, cmd.reference)),
+                },
+                TriggerKind::Command => tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    cmd = recv(&mut commands) => match cmd {
+                        Some(cmd) => wanted = Some((cmd.claim, cmd.reference)),
+                        None => return Err(DaemonError::Failed("the MQTT command stream ended".into())),
+                    },
+                },
+                // `each` and `continuous` look at every frame; a command on a live view
+                // judges the next frame at once.
+                _ => {
+                    if let Some(rx) = &mut commands
+                        && let Ok(cmd) = rx.try_recv()
+                    {
+                        if live {
+                            wanted = Some((cmd.claim, cmd.reference));
+                        } else {
+                            log::warn!("inspect command ignored: every part of a {} source is judged anyway", if trigger == TriggerKind::Each { "part" } else { "live" });
+                            event(&mqtt, "command_ignored", json!({"reason": "this device judges every part its source delivers; commands are for camera stations with trigger command or interval", "ref": cmd.reference}));
+                        }
+                    }
+                }
+            }
+        }
+        let mut src = source.take().expect("source is back after each grab");
+        let (src, grabbed) = tokio::task::spawn_blocking(move || {
+            let g = src.grab(GRAB_WAIT);
+            (src, g)
+        })
+        .await
+        .expect("grab panicked");
+        source = Some(src);
+        let captured = match grabbed {
+            Ok(Grab::Frame(c)) => {
+                if std::mem::take(&mut lost) {
+                    log::info!("source: frames flow again from {}", c.source.name);
+                    event(&mqtt, "source_back", json!({"source": c.source}));
+                }
+                c
+            }
+            Ok(Grab::Idle) => continue,
+            Ok(Grab::End) => {
+                log::info!("source: no more parts");
+                return Ok(());
+            }
+            Err(CaptureError::Lost(why)) => {
+                log::warn!("source lost: {why}; reopening with backoff");
+                lost = true;
+                event(&mqtt, "source_lost", json!({"reason": why}));
+                continue;
+            }
+            Err(CaptureError::Skipped(why)) => {
+                log::warn!("source: skipped: {why}");
+                event(&mqtt, "frame_skipped", json!({"reason": why}));
+                continue;
+            }
+            Err(CaptureError::Fatal(why)) => return Err(DaemonError::Failed(format!("source: {why}"))),
+        };
+        let (claim, reference) = match (trigger, wanted.take()) {
+            (_, Some(w)) => w,
+            (TriggerKind::Continuous, None) => match detector.observe(&captured.frame) {
+                Sighting::Inspect => (None, None),
+                _ => continue,
+            },
+            _ => (None, None),
+        };
+        let job = Job { captured, claim, reference };
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            sent_ok = jobs.send(job) => if sent_ok.is_err() { return Ok(()) },
+        }
+        sent += 1;
+    }
+}
+
+/// The next command, or never when there is no command stream.
+async fn recv(commands: &mut Option<mpsc::Receiver<InspectCommand>>) -> Option<InspectCommand> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The inference task: judges each job on a blocking thread; pings the watchdog while idle and
+/// after each part. Returns the number of parts judged.
+async fn inference_loop(
+    identifier: Arc<Identifier>,
+    settings: Settings,
+    mut jobs: mpsc::Receiver<Job>,
+    judged: mpsc::Sender<Judged>,
+    keep_frames: bool,
+    systemd: Systemd,
+    mqtt: Option<MqttPublisher>,
+) -> u64 {
+    let mut pings = systemd.ping_every().map(tokio::time::interval);
+    let mut count = 0;
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => job,
+            _ = async { match &mut pings { Some(p) => { p.tick().await; } None => std::future::pending().await } } => {
+                systemd.ping();
+                continue;
+            }
+        };
+        let Some(Job { captured, claim, reference }) = job else { return count };
+        let claim = claim.or_else(|| settings.daemon.expect.clone());
+        let id = identifier.clone();
+        let config_pixel = settings.camera.pixel_um;
+        let (captured, outcome) = tokio::task::spawn_blocking(move || {
+            let inspection = Inspection {
+                pixel: resolve_pixel_size(None, &captured.frame, config_pixel),
+                frame: &captured.frame,
+                source: captured.source.clone(),
+                claim: claim.as_deref(),
+                capture_ms: captured.capture_ms,
+            };
+            let outcome = id.identify_recorded(&inspection, keep_frames);
+            (captured, outcome)
+        })
+        .await
+        .expect("inference panicked");
+        systemd.ping();
+        let (mut attribution, record) = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("inference failed on {}: {e}", captured.source.name);
+                event(&mqtt, "inference_failed", json!({"source": captured.source, "reason": e.to_string()}));
+                continue;
+            }
+        };
+        count += 1;
+        attribution.reference = reference;
+        let rois = match (&record, &attribution.envelope) {
+            (Some(r), Some(env)) => {
+                let scale = env.camera_pixel_um.map_or(1.0, |cam| env.model_pixel_um / cam);
+                let side = (r.roi_shape[1] as f64 * scale).round() as u32;
+                r.corners
+                    .iter()
+                    .map(|&(x, y)| RoiBox { x: (f64::from(x) * scale).round() as u32, y: (f64::from(y) * scale).round() as u32, side })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let Captured { frame, on_done, .. } = captured;
+        let part = Judged { attribution, frame: keep_frames.then_some(frame), rois, on_done };
+        if judged.send(part).await.is_err() {
+            return count;
+        }
+    }
+}
+
+/// The sink task: delivers every judged part; returns how many reached every sink.
+async fn sink_loop(mut sinks: Sinks, mut judged: mpsc::Receiver<Judged>, systemd: Systemd) -> u64 {
+    let (mut delivered, mut seen) = (0u64, 0u64);
+    while let Some(part) = judged.recv().await {
+        let verdict = part.attribution.judgement.verdict;
+        let what = match verdict {
+            Verdict::Identified => part.attribution.judgement.label.clone().unwrap_or_default(),
+            v => v.as_str().to_string(),
+        };
+        seen += 1;
+        if sinks.deliver(part).await.complete {
+            delivered += 1;
+        }
+        systemd.status(&format!("{seen} parts judged; last: {what}"));
+    }
+    delivered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triggers_fit_their_sources() {
+        assert_eq!(resolve_trigger(TriggerKind::Auto, true, false).unwrap(), TriggerKind::Continuous);
+        assert_eq!(resolve_trigger(TriggerKind::Auto, false, false).unwrap(), TriggerKind::Each);
+        assert_eq!(resolve_trigger(TriggerKind::Interval, false, false).unwrap(), TriggerKind::Interval);
+        for (t, live, mqtt) in [(TriggerKind::Each, true, true), (TriggerKind::Continuous, false, true), (TriggerKind::Command, true, false)] {
+            assert!(matches!(resolve_trigger(t, live, mqtt), Err(DaemonError::Config(_))), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn the_fleet_file_beside_a_model_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("m1.fleet.toml"), "").unwrap();
+        assert_eq!(fleet_beside(&dir.path().join("m1.int8.onnx")), Some(dir.path().join("m1.fleet.toml")));
+        assert_eq!(fleet_beside(&dir.path().join("m2.onnx")), None);
+    }
+}

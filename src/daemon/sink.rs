@@ -1,0 +1,170 @@
+//! Where each Attribution goes: evidence image, stdout, the rotating results log, MQTT.
+//!
+//! Every configured sink gets every Attribution, in that order (the evidence first, so its path
+//! is in what the others receive). A part counts as delivered when every sink took it; only
+//! then does the source learn it is done (a watched directory moves the image into `done/`), so
+//! a result that could not be stored (an MQTT outbox that is full, a full disk) leaves its image
+//! in place for a later run instead of losing it.
+//!
+//! Odd parts raise MQTT events besides their result, so a fleet manager can alarm on them
+//! without parsing every result: `odd_part` (unknown source, or a contradicted expectation) and
+//! `rejected` (the frame could not be judged).
+
+use std::io::Write as _;
+use std::path::Path;
+
+use file_rotate::compression::Compression;
+use file_rotate::suffix::AppendCount;
+use file_rotate::{ContentLimit, FileRotate};
+use serde_json::json;
+
+use super::evidence::{EvidenceStore, RoiBox};
+use super::settings::OutputSettings;
+use crate::capture::Frame;
+use crate::capture::source::OnDone;
+use crate::publish::MqttPublisher;
+use crate::result::{Attribution, ClaimStatus, Verdict};
+
+/// Subdirectory of the state directory holding the results log.
+pub const RESULTS_DIR: &str = "results";
+/// File name of the current results log.
+pub const RESULTS_FILE: &str = "results.jsonl";
+
+/// A judged part on its way to the sinks.
+pub struct Judged {
+    pub attribution: Attribution,
+    /// The frame, kept only when evidence is saved.
+    pub frame: Option<Frame>,
+    /// The ROIs that voted, in frame pixels (for the evidence image).
+    pub rois: Vec<RoiBox>,
+    pub on_done: Option<OnDone>,
+}
+
+/// The configured sinks; see the module docs.
+pub struct Sinks {
+    stdout: bool,
+    results: Option<FileRotate<AppendCount>>,
+    evidence: Option<EvidenceStore>,
+    mqtt: Option<MqttPublisher>,
+    /// Set once stdout was found closed, so it is reported once.
+    stdout_closed: bool,
+}
+
+/// What happened to one part in the sinks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Every sink took the Attribution.
+    pub complete: bool,
+    /// What went wrong, one line per sink that failed.
+    pub problems: Vec<String>,
+}
+
+impl Sinks {
+    /// Opens the local sinks under `state_dir` as `output` says; `mqtt` when publishing.
+    /// An error names the directory that cannot be used.
+    pub fn open(output: &OutputSettings, state_dir: &Path, mqtt: Option<MqttPublisher>) -> Result<Self, String> {
+        let results = if output.jsonl {
+            let dir = state_dir.join(RESULTS_DIR);
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                format!("cannot create the results log directory {}: {e}; set daemon.state_dir to a writable directory", dir.display())
+            })?;
+            let limit = usize::try_from(output.jsonl_max_bytes).unwrap_or(usize::MAX);
+            Some(FileRotate::new(
+                dir.join(RESULTS_FILE),
+                AppendCount::new(output.jsonl_keep),
+                ContentLimit::BytesSurpassed(limit),
+                Compression::None,
+                None,
+            ))
+        } else {
+            None
+        };
+        let evidence = if output.evidence {
+            Some(EvidenceStore::open(state_dir, output.evidence_max_bytes, output.evidence_quality).map_err(|e| {
+                format!("cannot open the evidence directory under {}: {e}; set daemon.state_dir to a writable directory", state_dir.display())
+            })?)
+        } else {
+            None
+        };
+        Ok(Self { stdout: output.stdout, results, evidence, mqtt, stdout_closed: false })
+    }
+
+    /// Whether judged frames must be kept for evidence images.
+    pub fn wants_evidence(&self) -> bool {
+        self.evidence.is_some()
+    }
+
+    /// Gives one judged part to every sink, then, if all took it, runs its `on_done`.
+    pub async fn deliver(&mut self, judged: Judged) -> Delivery {
+        let Judged { mut attribution, frame, rois, on_done } = judged;
+        let mut problems = Vec::new();
+        if let (Some(store), Some(frame)) = (self.evidence.take(), frame) {
+            let id = attribution.id.clone();
+            let (store, saved) = tokio::task::spawn_blocking(move || {
+                let mut store = store;
+                let saved = store.save(&id, &frame, &rois);
+                (store, saved)
+            })
+            .await
+            .expect("evidence task panicked");
+            self.evidence = Some(store);
+            match saved {
+                Ok(path) => attribution.evidence = Some(path),
+                // Evidence is an extra: the result is complete without it.
+                Err(e) => log::warn!("evidence: cannot save the image of {}: {e}", attribution.id),
+            }
+        }
+        let line = serde_json::to_string(&attribution).expect("an Attribution serialises");
+        if self.stdout && !self.stdout_closed {
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
+                log::warn!("stdout is closed ({e}); results go to the other sinks only");
+                self.stdout_closed = true;
+            }
+        }
+        if let Some(log) = &mut self.results
+            && let Err(e) = writeln!(log, "{line}").and_then(|_| log.flush())
+        {
+            problems.push(format!("results log: {e}"));
+        }
+        if let Some(mqtt) = &self.mqtt {
+            if let Err(e) = mqtt.publish_result(&attribution).await {
+                problems.push(format!("mqtt: {e}"));
+            }
+            for (kind, detail) in events_for(&attribution) {
+                if let Err(e) = mqtt.publish_event(kind, detail) {
+                    log::warn!("mqtt: {kind} event of {} not sent: {e}", attribution.id);
+                }
+            }
+        }
+        let complete = problems.is_empty();
+        if complete && let Some(done) = on_done {
+            if let Err(e) = done(&attribution) {
+                log::warn!("source: cannot mark {} as done: {e}", attribution.source.name);
+            }
+        } else if !complete {
+            log::warn!("result {} of {} not stored everywhere ({}); its source is kept for a later run", attribution.id, attribution.source.name, problems.join("; "));
+        }
+        Delivery { complete, problems }
+    }
+}
+
+/// The events an Attribution raises besides its result: `odd_part` for a part from no known
+/// machine or one that contradicts its claim, `rejected` for a frame that could not be judged.
+pub fn events_for(a: &Attribution) -> Vec<(&'static str, serde_json::Value)> {
+    let j = &a.judgement;
+    let claim_broken = a.claim.as_ref().is_some_and(|c| matches!(c.status, ClaimStatus::Contradicted) || (c.status == ClaimStatus::Unconfirmed && c.known_label));
+    let mut events = Vec::new();
+    if j.verdict == Verdict::Rejected {
+        events.push(("rejected", json!({"id": a.id, "source": a.source, "reason": j.reason, "reason_code": j.reason_code})));
+    } else if j.verdict == Verdict::Unknown || claim_broken {
+        events.push((
+            "odd_part",
+            json!({
+                "id": a.id, "source": a.source, "verdict": j.verdict, "label": j.label, "reason": j.reason,
+                "claim": a.claim, "top": j.top,
+            }),
+        ));
+    }
+    events
+}
