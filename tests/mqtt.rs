@@ -349,3 +349,26 @@ async fn bad_settings_and_a_second_publisher_are_refused_at_start() {
     let e = MqttPublisher::start(&base, "dev", status_fields()).await.err().unwrap();
     assert!(e.to_string().contains("in use by another process"), "{e}");
 }
+
+/// A result queued right before the shutdown still goes out within the grace period: the
+/// shutdown sends what the outbox holds before it says goodbye.
+#[tokio::test]
+async fn shutdown_sends_what_was_queued_just_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path());
+    let mut sub = Subscriber::connect(broker.port, RESULT, ClientOptions::default()).await;
+    for round in 0..5 {
+        let (mqtt, _commands) = MqttPublisher::start(&settings(broker.port, dir.path()), "dev", status_fields())
+            .await
+            .unwrap();
+        mqtt.wait_connected(PATIENCE).await.unwrap();
+        let sent: Vec<_> = (round * 3..round * 3 + 3).map(attribution).collect();
+        for a in &sent {
+            mqtt.publish_result(a).await.unwrap();
+        }
+        let report = mqtt.shutdown(Duration::from_secs(5)).await;
+        assert_eq!((report.clean, report.outbox_entries), (true, 0), "round {round}");
+        let (got, _) = sub.results(RESULT, 3).await;
+        assert_eq!(got.iter().map(|v| v["id"].as_str().unwrap()).collect::<Vec<_>>(), sent.iter().map(|a| a.id.as_str()).collect::<Vec<_>>());
+    }
+}

@@ -290,9 +290,10 @@ impl MqttPublisher {
         })
     }
 
-    /// Clean shutdown: stops taking results and events, publishes the retained `offline`
-    /// status, waits up to `grace` for every outstanding PUBACK, then disconnects. What was not
-    /// acknowledged stays in the outbox for the next start. Later calls report at once.
+    /// Clean shutdown: stops taking results and events, sends what the outbox and the event
+    /// queue still hold, publishes the retained `offline` status, waits up to `grace` for every
+    /// PUBACK, then disconnects. What was not acknowledged in time stays in the outbox for the
+    /// next start. Later calls report at once.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.inner.closed.store(true, Ordering::Release);
         let (done, report) = oneshot::channel();
@@ -528,6 +529,7 @@ impl Manager {
             log::error!("mqtt: cannot subscribe to {}: {e}", self.topics.inspect);
         }
         if self.stopping.is_some() {
+            self.top_up();
             let payload = wire::status_offline(&self.device, OfflineReason::Shutdown);
             self.hand_status(payload, Sent::Offline);
             return;
@@ -629,8 +631,10 @@ impl Manager {
     }
 
     /// Hands events and results to rumqttc while connected, up to their windows.
+    /// Also while stopping: what is in the outbox when the shutdown begins still goes out within
+    /// the grace period.
     fn top_up(&mut self) {
-        if !self.connected || self.stopping.is_some() {
+        if !self.connected {
             return;
         }
         while self.session.events() < EVENT_WINDOW
@@ -688,15 +692,18 @@ impl Manager {
             self.finish(false);
             return;
         }
+        // Results queued just before the shutdown (their wake-up may not have been seen yet).
+        self.top_up();
         let payload = wire::status_offline(&self.device, OfflineReason::Shutdown);
         self.hand_status(payload, Sent::Offline);
         self.check_stop();
     }
 
-    /// While stopping: once everything is acknowledged, say goodbye.
+    /// While stopping: once the outbox is sent and everything is acknowledged, say goodbye.
     fn check_stop(&mut self) {
+        let unsent = self.outbox.next_after(self.cursor).is_some() || !self.events.is_empty();
         let Some(stopping) = &mut self.stopping else { return };
-        if stopping.disconnecting || !self.connected || !self.session.is_idle() {
+        if stopping.disconnecting || !self.connected || !self.session.is_idle() || unsent {
             return;
         }
         match self.client.try_disconnect() {

@@ -21,13 +21,41 @@ pub fn repo(rel: &str) -> PathBuf {
 /// the environment the tests run in cannot change what they see.
 pub fn amfp_clean_env() -> Command {
     let mut cmd = Command::cargo_bin("amfp").unwrap();
-    for (name, _) in std::env::vars_os() {
-        let upper = name.to_string_lossy().to_ascii_uppercase();
-        if upper.starts_with("AMFP") || upper == "RUST_LOG" || upper == "JOURNAL_STREAM" {
-            cmd.env_remove(&name);
-        }
+    for name in foreign_env() {
+        cmd.env_remove(&name);
     }
     cmd
+}
+
+/// The environment variables that would change what amfp does: AMFP settings, RUST_LOG and
+/// systemd's (journal, notify socket, watchdog).
+fn foreign_env() -> Vec<std::ffi::OsString> {
+    std::env::vars_os()
+        .map(|(name, _)| name)
+        .filter(|name| {
+            let upper = name.to_string_lossy().to_ascii_uppercase();
+            upper.starts_with("AMFP") || ["RUST_LOG", "JOURNAL_STREAM", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"].contains(&upper.as_str())
+        })
+        .collect()
+}
+
+/// Like [`amfp`], as a plain `std::process::Command` for processes a test starts and stops
+/// itself (the daemon), configured by `config`.
+pub fn amfp_process(config: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(AMFP_BIN);
+    isolate(&mut cmd, config);
+    cmd
+}
+
+/// The amfp binary under test.
+pub const AMFP_BIN: &str = env!("CARGO_BIN_EXE_amfp");
+
+/// Gives `cmd` (amfp, or a shell that execs it) the clean environment of [`amfp_process`].
+pub fn isolate(cmd: &mut std::process::Command, config: &Path) {
+    for name in foreign_env() {
+        cmd.env_remove(&name);
+    }
+    cmd.env("AMFP_CONFIG", config);
 }
 
 /// The `amfp` binary under test, with no configuration file and no environment overrides.

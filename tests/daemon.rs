@@ -1,0 +1,397 @@
+//! `amfp run` as a process, against a real mosquitto broker on its own loopback port per test:
+//! parts dropped into a watched directory come out as results on a subscriber, through a broker
+//! restart and a `kill -9`, on command, with systemd notifications, evidence and a results log.
+//!
+//! Waiting is on observable conditions (a file appears, a message arrives, the process exits),
+//! each bounded by [`PATIENCE`]; no sleep stands in for synchronisation.
+
+mod common;
+mod mqtt_support;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{AMFP_BIN, Part, amfp_process, identify_json, isolate, simulate};
+use mqtt_support::{Broker, ClientOptions, PATIENCE, Subscriber, free_port};
+use serde_json::{Value, json};
+
+
+/// A test's directories: simulated parts, the watched directory, the daemon's state.
+struct Station {
+    root: tempfile::TempDir,
+    parts: Vec<Part>,
+    /// Device id, one per test so that tests sharing a broker port by chance cannot mix.
+    device: String,
+}
+
+impl Station {
+    /// Simulates 2 parts of each of three machines (seed `seed`).
+    fn new(seed: u64) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let machines = ["L1-1", "S450-1", "M2-1"].map(String::from);
+        let parts = simulate(&root.path().join("sim"), &machines, 2, seed);
+        std::fs::create_dir_all(root.path().join("incoming")).unwrap();
+        Self { root, parts, device: format!("dock-{seed}") }
+    }
+
+    /// `amfp/<device>/<leaf>`.
+    fn topic(&self, leaf: &str) -> String {
+        format!("amfp/{}/{leaf}", self.device)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    /// Moves part `i` into the watched directory (atomically, as a rename).
+    fn drop_part(&self, i: usize) -> PathBuf {
+        let to = self.path("incoming").join(self.parts[i].file.file_name().unwrap());
+        std::fs::rename(&self.parts[i].file, &to).unwrap();
+        to
+    }
+
+    /// Writes the daemon's configuration: the watched directory, state under the root,
+    /// MQTT to `port` when given, and `extra` TOML appended.
+    fn config(&self, port: Option<u16>, extra: &str) -> PathBuf {
+        let mqtt = match port {
+            Some(port) => format!(
+                "[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {port}\noutbox_dir = \"{}\"\nreconnect_max_s = 1\nshutdown_grace_s = 5\n",
+                self.path("state/outbox").display()
+            ),
+            None => String::new(),
+        };
+        let text = format!(
+            "[device]\nid = \"{}\"\n[source]\nkind = \"directory\"\ndir = \"{}\"\nsettle_ms = 100\npoll_ms = 20\n\
+             [daemon]\nstate_dir = \"{}\"\n[output]\njsonl = true\n{mqtt}{extra}",
+            self.device,
+            self.path("incoming").display(),
+            self.path("state").display()
+        );
+        let path = self.path("amfp.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Lines of the results log.
+    fn logged(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.path("state/results/results.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Files in a subdirectory of the watched directory.
+    fn files_in(&self, sub: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path("incoming").join(sub))
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+/// The daemon as a child process; killed if the test ends without stopping it.
+struct Daemon {
+    child: Option<Child>,
+    stderr: PathBuf,
+}
+
+impl Daemon {
+    fn start(station: &Station, config: &Path, args: &[&str]) -> Self {
+        Self::start_with(station, amfp_process(config), args)
+    }
+
+    fn start_with(station: &Station, mut cmd: std::process::Command, args: &[&str]) -> Self {
+        let stderr = station.path(&format!("daemon-{}.log", ulid::Ulid::generate()));
+        cmd.arg("run").args(args).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(std::fs::File::create(&stderr).unwrap());
+        Self { child: Some(cmd.spawn().unwrap()), stderr }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Sends a signal (`TERM`, `KILL`...).
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap().success());
+    }
+
+    /// Waits for the process to exit; returns its exit code (None: killed by a signal) and how
+    /// long it took.
+    async fn exit(&mut self) -> (Option<i32>, Duration) {
+        let start = Instant::now();
+        let mut child = self.child.take().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status.code(), start.elapsed());
+            }
+            assert!(start.elapsed() < PATIENCE, "the daemon did not exit; its log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- daemon log ---\n{}", self.log());
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `cond` until it holds, failing after [`PATIENCE`] with `what`.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE * 3;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What `amfp identify` says about the same image: the daemon must say the same.
+fn identified(file: &Path) -> Value {
+    let (mut out, _) = identify_json(&[], &[file]);
+    out.remove(0)
+}
+
+/// N parts arrive as N results, each saying what `amfp identify` says about the same image,
+/// in the results log too; the images move into done/, and `--parts N` ends the run cleanly
+/// with the broker's acknowledgements and the `offline` status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_from_a_directory_arrive_as_results() {
+    let station = Station::new(301);
+    let broker = Broker::start(station.root.path());
+    let mut sub = Subscriber::connect(broker.port, &station.topic("#"), ClientOptions::default()).await;
+    let expected: Vec<Value> = station.parts.iter().map(|p| identified(&p.file)).collect();
+    let names: Vec<String> = (0..station.parts.len()).map(|i| station.drop_part(i).file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let config = station.config(Some(broker.port), "");
+    let mut daemon = Daemon::start(&station, &config, &["--parts", &names.len().to_string()]);
+
+    let online = sub.status(&station.topic("status"), "online").await;
+    assert_eq!(online["model"]["name"], "amfp-synth-v1-int8");
+    assert_eq!(online["source"]["kind"], "directory");
+    let (results, _) = sub.results(&station.topic("result"), names.len()).await;
+    for r in &results {
+        let name = Path::new(r["source"]["name"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned();
+        let i = names.iter().position(|n| *n == name).unwrap_or_else(|| panic!("unexpected source {name}"));
+        let e = &expected[i];
+        assert_eq!((r["device"].as_str(), r["source"]["kind"].as_str()), (Some(station.device.as_str()), Some("directory")));
+        for key in ["verdict", "label", "score", "margin", "top", "rois", "envelope", "model"] {
+            assert_eq!(r[key], e[key], "{key} of {name}");
+        }
+    }
+    sub.status(&station.topic("status"), "offline").await;
+    let (code, _) = daemon.exit().await;
+    assert_eq!(code, Some(0), "{}", daemon.log());
+    let mut done = station.files_in("done");
+    let mut sorted = names.clone();
+    sorted.sort();
+    done.sort();
+    assert_eq!(done, sorted);
+    let logged: Vec<Value> = station.logged();
+    assert_eq!(logged.iter().map(|l| &l["id"]).collect::<Vec<_>>(), results.iter().map(|r| &r["id"]).collect::<Vec<_>>());
+}
+
+/// The broker goes away in the middle of a run and comes back: every result arrives, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_loses_no_result() {
+    let station = Station::new(302);
+    let mut broker = Broker::start(station.root.path());
+    let how = ClientOptions { persistent_id: Some("fleet-manager".into()), ..Default::default() };
+    let mut sub = Subscriber::connect(broker.port, &station.topic("result"), how.clone()).await;
+    let config = station.config(Some(broker.port), "");
+    let mut daemon = Daemon::start(&station, &config, &[]);
+    for i in 0..3 {
+        station.drop_part(i);
+    }
+    let (before, _) = sub.results(&station.topic("result"), 3).await;
+
+    broker.stop();
+    for i in 3..6 {
+        station.drop_part(i);
+    }
+    // Judged and logged while the broker is away: they wait in the outbox.
+    until("three more parts judged", || station.logged().len() == 6).await;
+    broker.restart();
+    let (after, _) = sub.results(&station.topic("result"), 3).await;
+    let arrived: Vec<&Value> = before.iter().chain(&after).map(|r| &r["id"]).collect();
+    let logged: Vec<Value> = station.logged().into_iter().map(|r| r["id"].clone()).collect();
+    assert_eq!(arrived, logged.iter().collect::<Vec<_>>(), "every result, in order");
+    daemon.signal("TERM");
+    let (code, _) = daemon.exit().await;
+    assert_eq!(code, Some(0), "{}", daemon.log());
+}
+
+/// A daemon killed with `kill -9` while the broker is away sends, once restarted, what it had
+/// not delivered, with the same ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_survive_kill_9() {
+    let station = Station::new(303);
+    let port = free_port();
+    let config = station.config(Some(port), "");
+    let mut daemon = Daemon::start(&station, &config, &[]);
+    for i in 0..3 {
+        station.drop_part(i);
+    }
+    until("three parts judged with no broker", || station.logged().len() == 3).await;
+    daemon.signal("KILL");
+    assert_eq!(daemon.exit().await.0, None, "killed by the signal");
+
+    let broker = Broker::start_with(station.root.path(), port, "allow_anonymous true\n", &[]);
+    let mut sub = Subscriber::connect(broker.port, &station.topic("result"), ClientOptions::default()).await;
+    let mut daemon = Daemon::start(&station, &config, &[]);
+    let (arrived, _) = sub.results(&station.topic("result"), 3).await;
+    let logged: Vec<Value> = station.logged().into_iter().map(|l| l["id"].clone()).collect();
+    assert_eq!(arrived.iter().map(|r| r["id"].clone()).collect::<Vec<_>>(), logged);
+    daemon.signal("TERM");
+    assert_eq!(daemon.exit().await.0, Some(0), "{}", daemon.log());
+}
+
+/// With `trigger = "command"`, each `cmd/inspect` judges one part, with its claim checked and
+/// its reference echoed; a malformed command raises a `bad_command` event and changes nothing.
+/// SIGTERM stops the daemon cleanly, with the retained `offline` status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_trigger_inspections_and_bad_ones_are_events() {
+    let station = Station::new(304);
+    let broker = Broker::start(station.root.path());
+    let mut sub = Subscriber::connect(broker.port, &station.topic("#"), ClientOptions::default()).await;
+    let config = station.config(Some(broker.port), "");
+    let mut cmd = amfp_process(&config);
+    cmd.env("AMFP__DAEMON__TRIGGER", "command");
+    let mut daemon = Daemon::start_with(&station, cmd, &[]);
+    sub.status(&station.topic("status"), "online").await;
+    let first = station.drop_part(0);
+    let second = station.drop_part(1);
+
+    sub.publish(&station.topic("cmd/inspect"), br#"{"claim": "L1-1", "ref": "PO-17"}"#, false).await;
+    let r = sub.next_on(&station.topic("result")).await.json();
+    assert_eq!(r["ref"], "PO-17");
+    assert_eq!(r["claim"]["label"], "L1-1");
+    assert!(r["claim"]["status"].is_string());
+    assert_eq!(station.logged().len(), 1, "one command, one part");
+
+    sub.publish(&station.topic("cmd/inspect"), br#"{"claim": 5, "extra": true}"#, false).await;
+    let e = sub.next_on(&station.topic("event")).await.json();
+    assert_eq!(e["kind"], "bad_command", "{e}");
+
+    sub.publish(&station.topic("cmd/inspect"), b"", false).await;
+    let r2 = sub.next_on(&station.topic("result")).await.json();
+    assert!(r2.get("ref").is_none() && r2.get("claim").is_none(), "{r2}");
+    let judged: Vec<String> = [&r, &r2].iter().map(|r| r["source"]["name"].as_str().unwrap().to_string()).collect();
+    let mut want = vec![first.display().to_string(), second.display().to_string()];
+    want.sort();
+    let mut got = judged.clone();
+    got.sort();
+    assert_eq!(got, want);
+
+    daemon.signal("TERM");
+    let offline = sub.status(&station.topic("status"), "offline").await;
+    assert_eq!(offline["reason"], "shutdown", "{offline}");
+    assert_eq!(daemon.exit().await.0, Some(0), "{}", daemon.log());
+}
+
+/// systemd sees READY once the model and source are up, WATCHDOG pings while the daemon idles,
+/// STATUS lines as parts are judged, and STOPPING on SIGTERM; the exit is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_gets_ready_status_watchdog_and_stopping() {
+    let station = Station::new(305);
+    let socket_path = station.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let config = station.config(None, "");
+    // systemd names the watched process in WATCHDOG_PID; `exec` keeps the shell's pid.
+    let mut cmd = std::process::Command::new("sh");
+    isolate(&mut cmd, &config);
+    cmd.args(["-c", "export WATCHDOG_PID=$$; exec \"$0\" \"$@\"", AMFP_BIN]);
+    cmd.env("NOTIFY_SOCKET", &socket_path).env("WATCHDOG_USEC", "200000");
+    let mut daemon = Daemon::start_with(&station, cmd, &[]);
+    let next = || {
+        let mut buf = vec![0u8; 4096];
+        let n = socket.recv(&mut buf).unwrap_or_else(|e| panic!("no notification: {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.contains("READY=1") && ready.contains("STATUS=ready"), "{ready}");
+    // Idle: pings keep coming.
+    for _ in 0..3 {
+        assert_eq!(next().trim_end(), "WATCHDOG=1");
+    }
+    station.drop_part(0);
+    let mut seen = Vec::new();
+    loop {
+        let m = next();
+        if m.starts_with("STATUS=1 parts judged") {
+            break;
+        }
+        seen.push(m);
+        assert!(seen.len() < 1000, "no status after a part: {seen:?}");
+    }
+    daemon.signal("TERM");
+    loop {
+        let m = next();
+        if m.contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert_eq!(daemon.exit().await.0, Some(0), "{}", daemon.log());
+}
+
+/// Evidence images show the ROIs that voted; an unreadable image goes to failed/ with the
+/// reason, and the daemon goes on; a restart does not judge again what is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_failed_files_and_restarts() {
+    let station = Station::new(306);
+    let config = station.config(None, "evidence = true\n");
+    std::fs::write(station.path("incoming/broken.png"), b"\x89PNG\r\n\x1a\n not really").unwrap();
+    station.drop_part(0);
+    let mut daemon = Daemon::start(&station, &config, &["--parts", "1"]);
+    assert_eq!(daemon.exit().await.0, Some(0), "{}", daemon.log());
+    assert_eq!(station.files_in("failed"), ["broken.png", "broken.png.error.txt"]);
+    let why = std::fs::read_to_string(station.path("incoming/failed/broken.png.error.txt")).unwrap();
+    assert!(why.contains("PNG") || why.contains("decode") || why.contains("image"), "{why}");
+    let logged = station.logged();
+    assert_eq!(logged.len(), 1);
+    let evidence = logged[0]["evidence"].as_str().unwrap();
+    assert_eq!(evidence, format!("evidence/{}.jpg", logged[0]["id"].as_str().unwrap()));
+    let img = image::open(station.path("state").join(evidence)).unwrap().into_rgb8();
+    let frame = image::open(station.path("incoming/done").join(Path::new(logged[0]["source"]["name"].as_str().unwrap()).file_name().unwrap())).unwrap();
+    assert_eq!(img.dimensions(), (frame.width(), frame.height()));
+    let outlined = img.pixels().filter(|p| p.0[1] > 180 && p.0[0] < 100 && p.0[2] < 120).count();
+    let used = logged[0]["rois"]["used"].as_u64().unwrap() as usize;
+    assert!(outlined > used * 100, "ROI outlines drawn: {outlined} green pixels for {used} ROIs");
+
+    // A restart with the done image still in done/ judges only the new part.
+    station.drop_part(1);
+    let mut daemon = Daemon::start(&station, &config, &["--parts", "1"]);
+    assert_eq!(daemon.exit().await.0, Some(0), "{}", daemon.log());
+    assert_eq!(station.logged().len(), 2);
+    assert_eq!(station.files_in("done").len(), 2);
+}
+
+/// The README's demo: the simulator as source, attributions on stdout, no camera or broker.
+#[test]
+fn the_demo_runs_on_the_simulator() {
+    let root = tempfile::tempdir().unwrap();
+    let out = amfp_process(&common::repo("tests/data/empty.toml"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "--source", "synth", "--parts", "3"])
+        .env("AMFP__DAEMON__STATE_DIR", root.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["source"]["kind"], "synth");
+        assert_eq!(l["source"]["frame"], json!(i + 1));
+        assert!(["identified", "unknown"].contains(&l["verdict"].as_str().unwrap()), "{l}");
+    }
+}
