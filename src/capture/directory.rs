@@ -206,6 +206,7 @@ fn move_into(path: &Path, dir: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write as _;
 
     #[test]
     fn only_finished_images_are_candidates() {
@@ -215,6 +216,31 @@ mod tests {
         for name in [".a.png", "a.png.part", "a.png~", "a.tmp", "notes.txt", "noext"] {
             assert!(!is_candidate(Path::new(name)), "{name}");
         }
+    }
+
+    /// A file being copied (its size still changing) is not taken; once it has kept its size
+    /// for `settle`, it is.
+    #[test]
+    fn a_file_is_taken_only_once_it_has_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = WatchedDirectory::open(dir.path(), Duration::from_secs(1), Duration::ZERO).unwrap();
+        let file = dir.path().join("a.png");
+        std::fs::write(&file, b"first half").unwrap();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        w.list(at(0)).unwrap();
+        w.list(at(500)).unwrap();
+        assert!(w.ready.is_empty(), "not settled yet");
+        std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(b" and the rest").unwrap();
+        w.list(at(1200)).unwrap();
+        assert!(w.ready.is_empty(), "it grew: the settling starts again");
+        w.list(at(2000)).unwrap();
+        assert!(w.ready.is_empty(), "800 ms unchanged is not 1 s");
+        w.list(at(2300)).unwrap();
+        assert_eq!(w.ready, [file.clone()]);
+        // Taken once: listing again does not queue it twice.
+        w.list(at(2400)).unwrap();
+        assert_eq!(w.ready.len(), 1);
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub fn run(settings: &Settings, args: RunArgs) -> ExitCode {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         daemon::run(settings, options, shutdown).await
     });
+    // A part still being judged after the grace period must not hold the exit: its image stays
+    // at the source and is judged after the next start.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match outcome {
         Ok(_) => ExitCode::SUCCESS,
         Err(e @ DaemonError::Config(_)) => {

@@ -114,16 +114,19 @@ impl Sinks {
                 Err(e) => log::warn!("evidence: cannot save the image of {}: {e}", attribution.id),
             }
         }
-        let line = serde_json::to_string(&attribution).expect("an Attribution serialises");
+        // One buffer per line: file-rotate rotates after a write that passes the size, so a
+        // line written in two calls would be split across two files.
+        let mut line = serde_json::to_string(&attribution).expect("an Attribution serialises");
+        line.push('\n');
         if self.stdout && !self.stdout_closed {
             let mut out = std::io::stdout().lock();
-            if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
+            if let Err(e) = out.write_all(line.as_bytes()).and_then(|_| out.flush()) {
                 log::warn!("stdout is closed ({e}); results go to the other sinks only");
                 self.stdout_closed = true;
             }
         }
         if let Some(log) = &mut self.results
-            && let Err(e) = writeln!(log, "{line}").and_then(|_| log.flush())
+            && let Err(e) = log.write_all(line.as_bytes()).and_then(|_| log.flush())
         {
             problems.push(format!("results log: {e}"));
         }
@@ -167,4 +170,71 @@ pub fn events_for(a: &Attribution) -> Vec<(&'static str, serde_json::Value)> {
         ));
     }
     events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attribution(i: usize, verdict: &str) -> Attribution {
+        serde_json::from_value(json!({
+            "id": format!("01SINK{i:020}"), "device": "dev", "time": "2026-11-21T12:00:00Z",
+            "source": {"kind": "file", "name": format!("part-{i}.png")},
+            "model": {"name": "m", "task": "machine", "sha256": "00"},
+            "verdict": verdict, "label": "DLS-3", "score": 0.9, "margin": 0.8, "top": [],
+            "timing_ms": {"capture": 1.0, "preprocess": 2.0, "inference": 3.0, "total": 6.0}
+        }))
+        .unwrap()
+    }
+
+    /// The results log rotates by size without splitting a line, keeps `jsonl_keep` old files,
+    /// and runs `on_done` only after the write.
+    #[tokio::test]
+    async fn the_results_log_rotates_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = OutputSettings { stdout: false, jsonl: true, jsonl_max_bytes: 4096, jsonl_keep: 2, ..Default::default() };
+        let mut sinks = Sinks::open(&output, dir.path(), None).unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for i in 0..40 {
+            let d = done.clone();
+            let on_done: OnDone = Box::new(move |_| {
+                d.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            });
+            let delivery = sinks.deliver(Judged { attribution: attribution(i, "identified"), frame: None, rois: vec![], on_done: Some(on_done) }).await;
+            assert!(delivery.complete, "{delivery:?}");
+        }
+        assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 40);
+        let results = dir.path().join(RESULTS_DIR);
+        let mut names: Vec<String> = std::fs::read_dir(&results).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["results.jsonl", "results.jsonl.1", "results.jsonl.2"]);
+        let mut ids = Vec::new();
+        for name in ["results.jsonl.2", "results.jsonl.1", "results.jsonl"] {
+            for line in std::fs::read_to_string(results.join(name)).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(line).expect("whole lines only");
+                ids.push(v["id"].as_str().unwrap().to_string());
+            }
+        }
+        // The newest results, in order, with nothing missing between the kept files.
+        let first: usize = ids[0][6..].parse().unwrap();
+        let want: Vec<String> = (first..40).map(|i| format!("01SINK{i:020}")).collect();
+        assert_eq!(ids, want);
+    }
+
+    #[test]
+    fn odd_parts_and_rejections_raise_events() {
+        assert!(events_for(&attribution(0, "identified")).is_empty());
+        assert_eq!(events_for(&attribution(1, "unknown"))[0].0, "odd_part");
+        assert_eq!(events_for(&attribution(2, "rejected"))[0].0, "rejected");
+        let mut contradicted = attribution(3, "identified");
+        contradicted.claim = Some(crate::result::ClaimCheck {
+            label: "DLS-1".into(),
+            consistent: Some(false),
+            status: ClaimStatus::Contradicted,
+            known_label: true,
+            score: Some(0.01),
+        });
+        assert_eq!(events_for(&contradicted)[0].0, "odd_part");
+    }
 }
