@@ -395,3 +395,32 @@ fn the_demo_runs_on_the_simulator() {
         assert!(["identified", "unknown"].contains(&l["verdict"].as_str().unwrap()), "{l}");
     }
 }
+
+/// A line station: the `continuous` trigger on a simulated conveyor judges each part once, while
+/// it rests under the camera, never the empty stage or a moving part.
+#[test]
+fn a_line_station_judges_each_part_once_at_rest() {
+    use amfp::capture::conveyor::{EMPTY_FRAMES, MOVE_FRAMES, REST_FRAMES};
+    let root = tempfile::tempdir().unwrap();
+    let out = amfp_process(&common::repo("tests/data/empty.toml"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "--source", "conveyor", "--parts", "3"])
+        .env("AMFP__SOURCE__CONVEYOR_FPS", "60")
+        .env("AMFP__DAEMON__STATE_DIR", root.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    let period = u64::from(EMPTY_FRAMES + 2 * MOVE_FRAMES + REST_FRAMES);
+    let rest = u64::from(EMPTY_FRAMES + MOVE_FRAMES)..u64::from(EMPTY_FRAMES + MOVE_FRAMES + REST_FRAMES);
+    let mut passages = Vec::new();
+    for l in &lines {
+        assert_eq!(l["source"]["kind"], "conveyor");
+        let frame = l["source"]["frame"].as_u64().unwrap();
+        assert!(rest.contains(&((frame - 1) % period)), "frame {frame} is not one of a part at rest: {l}");
+        assert_ne!(l["verdict"], "rejected", "{l}");
+        passages.push((frame - 1) / period);
+    }
+    assert_eq!(passages, [0, 1, 2], "one judgement per part, in order");
+}

@@ -5,6 +5,7 @@
 //! source knows it, the size of a pixel on the part. The rest of the pipeline never sees
 //! file formats, bit depths or colour.
 
+pub mod conveyor;
 pub mod directory;
 pub mod file;
 pub mod source;

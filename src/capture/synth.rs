@@ -43,6 +43,11 @@ impl SynthSource {
         Self { seed, fleet, imaging, round: 0, queue: Vec::new(), produced: 0 }
     }
 
+    /// µm per pixel of the parts' images.
+    pub fn pixel_um(&self) -> f64 {
+        self.imaging.pixel_um
+    }
+
     /// Plans the next round: one part per machine, shuffled.
     fn plan_round(&mut self) {
         let spec = DatasetSpec {

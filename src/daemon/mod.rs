@@ -35,6 +35,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::capture::conveyor::Conveyor;
 use crate::capture::directory::WatchedDirectory;
 use crate::capture::source::{CaptureError, Captured, FrameSource, Grab};
 use crate::capture::synth::SynthSource;
@@ -248,7 +249,7 @@ fn open_source(settings: &Settings, model_path: &Path) -> Result<Box<dyn FrameSo
                 WatchedDirectory::open(dir, Duration::from_millis(s.settle_ms), Duration::from_millis(s.poll_ms)).map_err(failed)?,
             )
         }
-        SourceKind::Synth => {
+        SourceKind::Synth | SourceKind::Conveyor => {
             let fleet = match settings.synth.fleet.clone().or_else(|| fleet_beside(model_path)) {
                 Some(path) => {
                     log::info!("synth source: fleet {}", path.display());
@@ -259,7 +260,12 @@ fn open_source(settings: &Settings, model_path: &Path) -> Result<Box<dyn FrameSo
                     Fleet::paper(7)
                 }
             };
-            Box::new(SynthSource::new(fleet, s.synth_seed, settings.synth.scanner_pixel_um, settings.synth.bit_depth))
+            let parts = SynthSource::new(fleet, s.synth_seed, settings.synth.scanner_pixel_um, settings.synth.bit_depth);
+            if s.kind == SourceKind::Conveyor {
+                Box::new(Conveyor::new(parts, s.conveyor_fps, s.synth_seed))
+            } else {
+                Box::new(parts)
+            }
         }
         SourceKind::V4l2 => {
             return Err(DaemonError::Failed(

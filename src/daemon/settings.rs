@@ -19,6 +19,9 @@ pub enum SourceKind {
     Directory,
     /// The simulator: parts of the model's fleet, for demos and tests without a camera.
     Synth,
+    /// A simulated line station: the simulator's parts passing under a camera on a conveyor, a
+    /// live view for the `continuous` trigger (demos and tests of a line without a camera).
+    Conveyor,
 }
 
 impl SourceKind {
@@ -28,6 +31,7 @@ impl SourceKind {
             Self::V4l2 => "v4l2",
             Self::Directory => "directory",
             Self::Synth => "synth",
+            Self::Conveyor => "conveyor",
         }
     }
 }
@@ -44,14 +48,16 @@ pub struct SourceSettings {
     pub settle_ms: u64,
     /// How often the directory is listed.
     pub poll_ms: u64,
-    /// Seed of the simulator's parts (`kind = "synth"`); the fleet is `synth.fleet`, else the
-    /// fleet file shipped beside the model, else the built-in fleet.
+    /// Seed of the simulator's parts (`kind = "synth"` or `"conveyor"`); the fleet is
+    /// `synth.fleet`, else the fleet file shipped beside the model, else the built-in fleet.
     pub synth_seed: u64,
+    /// Frames per second of the simulated line (`kind = "conveyor"`).
+    pub conveyor_fps: f64,
 }
 
 impl Default for SourceSettings {
     fn default() -> Self {
-        Self { kind: SourceKind::V4l2, dir: None, settle_ms: 1000, poll_ms: 250, synth_seed: 1001 }
+        Self { kind: SourceKind::V4l2, dir: None, settle_ms: 1000, poll_ms: 250, synth_seed: 1001, conveyor_fps: 10.0 }
     }
 }
 
@@ -151,11 +157,12 @@ impl Default for OutputSettings {
 
 /// What each key of these sections accepts, in words (merged into the config's table).
 pub const ALLOWED: &[(&str, &str)] = &[
-    ("source.kind", "v4l2, directory or synth"),
+    ("source.kind", "v4l2, directory, synth or conveyor"),
     ("source.dir", "a path to the directory to watch"),
     ("source.settle_ms", "a whole number of milliseconds from 0 to 600000"),
     ("source.poll_ms", "a whole number of milliseconds from 10 to 60000"),
     ("source.synth_seed", "a whole number (0 or more)"),
+    ("source.conveyor_fps", "a number of frames per second from 0.1 to 60"),
     ("daemon.trigger", "auto, each, continuous, interval or command"),
     ("daemon.interval_s", "a number of seconds from 0.1 to 86400"),
     ("daemon.expect", "a label of the primary model, e.g. \"DLS-3\""),
@@ -187,6 +194,7 @@ pub fn check(source: &SourceSettings, daemon: &DaemonSettings, output: &OutputSe
     bad(!source.dir.as_ref().is_some_and(empty), "source.dir", "an empty path".into());
     bad(source.settle_ms <= 600_000, "source.settle_ms", source.settle_ms.to_string());
     bad((10..=60_000).contains(&source.poll_ms), "source.poll_ms", source.poll_ms.to_string());
+    bad((0.1..=60.0).contains(&source.conveyor_fps), "source.conveyor_fps", source.conveyor_fps.to_string());
     let d = daemon;
     bad(d.interval_s.is_finite() && (0.1..=86_400.0).contains(&d.interval_s), "daemon.interval_s", d.interval_s.to_string());
     bad(!d.expect.as_ref().is_some_and(|e| e.trim().is_empty()), "daemon.expect", "an empty label".into());
