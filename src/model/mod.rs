@@ -24,6 +24,11 @@ pub use metadata::{MetadataError, ModelMetadata};
 const ONNX_FLOAT: i32 = 1;
 
 /// A model amfp can run: its metadata, identity and tract's optimised plan for one ROI batch.
+///
+/// How tract runs a batch is a [`LoadOptions`] choice measured in BENCHMARKS.md: by default the
+/// plan is optimised for one ROI and a batch runs as that many one-ROI calls, because tract
+/// convolves a single image with lazy im2col (fused into the matrix product) but a batch with an
+/// eager im2col that costs more than the product itself.
 pub struct Model {
     /// Where it was loaded from.
     pub path: PathBuf,
@@ -34,6 +39,9 @@ pub struct Model {
     /// The graph's declared input and output, as in the file (for `amfp model inspect`).
     pub signature: Signature,
     batch: usize,
+    /// ROIs per tract call: 1 (per-ROI plan) or `batch`.
+    plan_batch: usize,
+    threads: usize,
     plan: Arc<TypedRunnableModel>,
 }
 
@@ -81,15 +89,44 @@ pub struct InferenceError {
     pub detail: String,
 }
 
+/// How a model runs (BENCHMARKS.md measures the choices). The results do not depend on them
+/// beyond float rounding (each ROI's logits are computed on their own either way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Threads per [`Model::logits`] call. With `per_roi`, the batch's ROIs are shared out
+    /// between that many scoped threads; without, tract's multithread executor (a private rayon
+    /// pool) runs inside each op. 1 runs everything on the caller's thread.
+    pub threads: usize,
+    /// Optimise the plan for one ROI and run a batch ROI by ROI (default): tract's lazy im2col
+    /// only applies to a batch of one. `false` optimises for the whole batch (eager im2col).
+    pub per_roi: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { threads: 1, per_roi: true }
+    }
+}
+
 impl Model {
     /// Loads, checks and optimises a model for batches of `batch` ROIs.
     pub fn load(path: &Path, batch: usize) -> Result<Self, ModelError> {
+        Self::load_with(path, batch, &LoadOptions::default())
+    }
+
+    /// As [`Model::load`], with run options.
+    pub fn load_with(path: &Path, batch: usize, options: &LoadOptions) -> Result<Self, ModelError> {
         let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-        Self::from_bytes(path, &bytes, batch)
+        Self::from_bytes_with(path, &bytes, batch, options)
     }
 
     /// As [`Model::load`], from the file's bytes (`path` is only reported).
     pub fn from_bytes(path: &Path, bytes: &[u8], batch: usize) -> Result<Self, ModelError> {
+        Self::from_bytes_with(path, bytes, batch, &LoadOptions::default())
+    }
+
+    /// As [`Model::load_with`], from the file's bytes (`path` is only reported).
+    pub fn from_bytes_with(path: &Path, bytes: &[u8], batch: usize, options: &LoadOptions) -> Result<Self, ModelError> {
         assert!(batch >= 1, "ROI batch must be at least 1");
         let sha256 = hex(&Sha256::digest(bytes));
         let onnx = tract_onnx::onnx().with_ignore_value_info(true);
@@ -108,22 +145,29 @@ impl Model {
 
         let tract_err = |e: TractError| ModelError::Tract { path: path.to_owned(), detail: format!("{e:#}") };
         let (c, r) = (meta.channels as usize, meta.roi_px as usize);
+        let plan_batch = if options.per_roi { 1 } else { batch };
+        let threads = options.threads.max(1);
         let typed = onnx
             .model_for_proto_model(&proto)
-            .and_then(|m| m.with_input_fact(0, f32::fact([batch, c, r, r]).into()))
+            .and_then(|m| m.with_input_fact(0, f32::fact([plan_batch, c, r, r]).into()))
             .and_then(|m| m.into_optimized())
             .map_err(tract_err)?;
         let out = typed.output_fact(0).map_err(tract_err)?;
-        let want = [batch, meta.labels.len()];
+        let want = [plan_batch, meta.labels.len()];
         if out.shape.as_concrete() != Some(&want[..]) {
             return Err(not_image(format!(
-                "for an input of {batch} ROIs its output has shape {:?}, not {want:?} (one logit per each of the {} labels)",
+                "for an input of {plan_batch} ROIs its output has shape {:?}, not {want:?} (one logit per each of the {} labels)",
                 out.shape,
                 meta.labels.len()
             )));
         }
-        let plan = typed.into_runnable().map_err(tract_err)?;
-        Ok(Self { path: path.to_owned(), sha256, meta, signature, batch, plan })
+        let run_options = RunOptions {
+            executor: (threads > 1 && !options.per_roi)
+                .then(|| tract_onnx::prelude::multithread::Executor::multithread(threads)),
+            ..Default::default()
+        };
+        let plan = typed.into_runnable_with_options(&run_options).map_err(tract_err)?;
+        Ok(Self { path: path.to_owned(), sha256, meta, signature, batch, plan_batch, threads, plan })
     }
 
     /// ROIs per inference call: inputs must hold exactly this many.
@@ -142,10 +186,42 @@ impl Model {
         let err = |e: TractError| InferenceError { name: self.meta.name.clone(), detail: format!("{e:#}") };
         let (c, r) = (self.meta.channels as usize, self.meta.roi_px as usize);
         assert_eq!(input.len(), self.batch * self.roi_len(), "input must hold exactly one batch of ROIs");
-        let tensor = Tensor::from_shape(&[self.batch, c, r, r], input).map_err(err)?;
-        let out = self.plan.run(tvec!(tensor.into_tvalue())).map_err(err)?;
-        let view = out[0].to_plain_array_view::<f32>().map_err(err)?;
-        Ok(view.iter().copied().collect())
+        let call = |x: &[f32]| -> Result<Vec<f32>, InferenceError> {
+            let tensor = Tensor::from_shape(&[self.plan_batch, c, r, r], x).map_err(err)?;
+            let out = self.plan.run(tvec!(tensor.into_tvalue())).map_err(err)?;
+            let view = out[0].to_plain_array_view::<f32>().map_err(err)?;
+            Ok(view.iter().copied().collect())
+        };
+        let calls: Vec<&[f32]> = input.chunks(self.plan_batch * self.roi_len()).collect();
+        let mut logits = Vec::with_capacity(self.batch * self.meta.labels.len());
+        if self.threads > 1 && calls.len() > 1 {
+            // Contiguous shares, one per thread, joined in order: the rows stay in ROI order.
+            let share = calls.len().div_ceil(self.threads);
+            let parts: Vec<Result<Vec<f32>, InferenceError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = calls
+                    .chunks(share)
+                    .map(|group| {
+                        let call = &call;
+                        s.spawn(move || -> Result<Vec<f32>, InferenceError> {
+                            let mut v = Vec::new();
+                            for x in group {
+                                v.extend(call(x)?);
+                            }
+                            Ok(v)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("inference thread panicked")).collect()
+            });
+            for part in parts {
+                logits.extend(part?);
+            }
+        } else {
+            for x in calls {
+                logits.extend(call(x)?);
+            }
+        }
+        Ok(logits)
     }
 
     /// Runs one batch and turns each row of logits into probabilities (SoftMax).

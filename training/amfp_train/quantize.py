@@ -7,6 +7,12 @@
 * ``graph.value_info`` is cleared afterwards: ORT's shape inference leaves a
   symbolic batch dim (``n``) on every intermediate tensor, and tract then
   fails to unify it with a fixed ROI batch (tract-speed.md).
+* ``--format qoperator --per-tensor`` instead writes QLinearConv nodes (Conv and Relu only, so
+  no com.microsoft contrib ops that tract cannot read): the only int8 form tract runs with
+  integer kernels. With QDQ, tract dequantizes every activation and convolves in f32, so QDQ
+  int8 costs it more than f32; per-channel QLinearConv it requantizes with generic element-wise
+  ops, slower still (BENCHMARKS.md, "int8 in tract"). Not the shipped default yet: its accuracy
+  must be evaluated on a retrained model first.
 * All ``amfp.*`` metadata of the f32 model is copied (quantize_static does not
   promise to keep it) and ``amfp.name`` gets an ``-int8`` suffix.
 
@@ -77,7 +83,7 @@ def fixed_batch(model_proto) -> int | None:
 
 
 def quantize(model: str | Path, data, out: str | Path, n_rois: int = 256, method: str = "minmax",
-             seed: int = 99, ds=None) -> dict:
+             seed: int = 99, ds=None, fmt: str = "qdq", per_channel: bool = True) -> dict:
     """Quantize `model` to `out`; returns a summary (node counts, sizes)."""
     import onnx
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
@@ -93,9 +99,12 @@ def quantize(model: str | Path, data, out: str | Path, n_rois: int = 256, method
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     out = Path(out)
+    if fmt not in ("qdq", "qoperator"):
+        raise ValueError(f"format {fmt!r}: qdq or qoperator")
     quantize_static(
         str(model), str(out), RoiReader(batches),
-        quant_format=QuantFormat.QDQ, per_channel=True,
+        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator, per_channel=per_channel,
+        op_types_to_quantize=None if fmt == "qdq" else ["Conv", "Relu"],
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         calibrate_method=methods[method],
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
@@ -106,7 +115,8 @@ def quantize(model: str | Path, data, out: str | Path, n_rois: int = 256, method
     props["amfp.name"] = props.get("amfp.name", "model") + "-int8"
     for k, v in props.items():
         q.metadata_props.add(key=k, value=v)
-    q.doc_string = src.doc_string + " (int8 QDQ, per-channel weights)"
+    q.doc_string = src.doc_string + f" (int8 {'QDQ' if fmt == 'qdq' else 'QOperator'}, " \
+        f"{'per-channel' if per_channel else 'per-tensor'} weights)"
     onnx.checker.check_model(q, full_check=False)
     onnx.save(q, str(out))
 
@@ -133,9 +143,13 @@ def main(argv=None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--rois", type=int, default=256)
     ap.add_argument("--method", default="minmax", choices=["minmax", "percentile", "entropy"])
+    ap.add_argument("--format", default="qdq", choices=["qdq", "qoperator"],
+                    help="qdq (default, shipped) or qoperator (QLinearConv: tract's integer kernels)")
+    ap.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (tract's fast QLinearConv)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    print(json.dumps(quantize(a.model, a.data, a.out, a.rois, a.method), indent=1))
+    print(json.dumps(quantize(a.model, a.data, a.out, a.rois, a.method, fmt=a.format, per_channel=not a.per_tensor),
+                     indent=1))
 
 
 if __name__ == "__main__":
