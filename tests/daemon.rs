@@ -376,19 +376,27 @@ async fn evidence_failed_files_and_restarts() {
     assert_eq!(station.files_in("done").len(), 2);
 }
 
-/// The README's demo: the simulator as source, attributions on stdout, no camera or broker.
-#[test]
-fn the_demo_runs_on_the_simulator() {
+/// `amfp run --source SOURCE --parts PARTS` from the repository with no configuration and
+/// `env` set, as the README runs it: the Attributions it printed.
+fn run_from_checkout(source: &str, parts: u32, env: &[(&str, &str)]) -> Vec<Value> {
     let root = tempfile::tempdir().unwrap();
     let out = amfp_process(&common::repo("tests/data/empty.toml"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["run", "--source", "synth", "--parts", "3"])
+        .args(["run", "--source", source, "--parts", &parts.to_string()])
         .env("AMFP__DAEMON__STATE_DIR", root.path())
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), parts as usize);
+    lines
+}
+
+/// The README's demo: the simulator as source, attributions on stdout, no camera or broker.
+#[test]
+fn the_demo_runs_on_the_simulator() {
+    let lines = run_from_checkout("synth", 3, &[]);
     for (i, l) in lines.iter().enumerate() {
         assert_eq!(l["source"]["kind"], "synth");
         assert_eq!(l["source"]["frame"], json!(i + 1));
@@ -401,17 +409,7 @@ fn the_demo_runs_on_the_simulator() {
 #[test]
 fn a_line_station_judges_each_part_once_at_rest() {
     use amfp::capture::conveyor::{EMPTY_FRAMES, MOVE_FRAMES, REST_FRAMES};
-    let root = tempfile::tempdir().unwrap();
-    let out = amfp_process(&common::repo("tests/data/empty.toml"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["run", "--source", "conveyor", "--parts", "3"])
-        .env("AMFP__SOURCE__CONVEYOR_FPS", "60")
-        .env("AMFP__DAEMON__STATE_DIR", root.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 3);
+    let lines = run_from_checkout("conveyor", 3, &[("AMFP__SOURCE__CONVEYOR_FPS", "60")]);
     let period = u64::from(EMPTY_FRAMES + 2 * MOVE_FRAMES + REST_FRAMES);
     let rest = u64::from(EMPTY_FRAMES + MOVE_FRAMES)..u64::from(EMPTY_FRAMES + MOVE_FRAMES + REST_FRAMES);
     let mut passages = Vec::new();
