@@ -233,8 +233,10 @@ def worker_layer(a) -> dict:
         from amfp_train.quantize import RoiReader
 
         xi = np.random.default_rng(SEED).standard_normal((8, *shape)).astype(np.float32)
-        quantize_static(a.onnx_out, a.int8_out, RoiReader([xi]), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        # the int8 form tract runs on integer kernels (see INT8_FORMATS and docs/performance.md)
+        quantize_static(a.onnx_out, a.int8_out, RoiReader([xi]), quant_format=QuantFormat.QOperator, per_channel=False,
+                        op_types_to_quantize=["Conv", "Relu"], activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
         clear_value_info(a.int8_out)
     return {"layer": a.layer, "shape": list(shape)}
 
@@ -454,6 +456,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="ci", help="cargo profile of amfp and tract_bench (default ci)")
     ap.add_argument("--no-build", action="store_true", help="use the binaries as they are")
     ap.add_argument("--no-write", action="store_true", help="full mode: leave BENCHMARKS.md and benches/results alone")
+    ap.add_argument("--write", action="store_true", help="quick mode: write BENCHMARKS.md and benches/results anyway (marked quick)")
     ap.add_argument("--layers", action="store_true", help="the candidate-layer study (on by default in full mode)")
     ap.add_argument("--skip-paper", action="store_true", help="skip the EfficientNetV2-M rows")
     # worker mode (internal)
@@ -630,7 +633,7 @@ def drive(a) -> int:
     md = render(res, a)
     (a.out / "BENCHMARKS.section.md").write_text(md)
     chart(res, a.out / "bench.png")
-    if not a.quick and not a.no_write:
+    if (not a.quick and not a.no_write) or a.write:
         results = REPO / "benches" / "results"
         results.mkdir(exist_ok=True)
         shutil.copy(a.out / "bench.json", results / "bench.json")
@@ -685,8 +688,10 @@ def layer_study(a, reps, warm, only=None) -> list[dict]:
         for kind, path in (("f32", f32), ("int8", i8)):
             for t in (1, 2):
                 row[f"ort_{kind}_{t}"] = child_json(py_worker("ort", model=path, threads=t, reps=reps, warmup=warm))["median_s"]
-            row[f"tract_{kind}_1"] = child_json(tract_cmd(a, path, mode="seq", threads=1, reps=reps, warmup=warm))["median_s"]
-            row[f"tract_{kind}_2"] = child_json(tract_cmd(a, path, mode="split", threads=2, reps=reps, warmup=warm))["median_s"]
+            # tract as amfp runs it: f32 per ROI (lazy im2col), int8 in batches of 4 (its im2col is eager anyway)
+            b = 1 if kind == "f32" else 4
+            row[f"tract_{kind}_1"] = child_json(tract_cmd(a, path, mode="batches", batch=b, threads=1, reps=reps, warmup=warm))["median_s"]
+            row[f"tract_{kind}_2"] = child_json(tract_cmd(a, path, mode="split", batch=b, threads=2, reps=reps, warmup=warm))["median_s"]
         out.append(row)
         print(f"  layer {name}: tract/ORT f32 1thr {row['tract_f32_1'] / row['ort_f32_1']:.1f}x, "
               f"{row['flops_16'] / row['tract_f32_1'] / 1e9:.0f} GFLOP/s tract", flush=True)
@@ -745,7 +750,8 @@ def render(res, a) -> str:
                      f"{gf:.0f} | {100 * gf / (m['peak_gflops_per_core'] * r['threads']):.0f} | "
                      f"{r['load_s'] * 1e3:.0f} | {r['peak_rss_kb'] / 1024:.0f} | {r['rss_before_load_kb'] / 1024:.0f} | {ps} |")
     L.append("")
-    L.append("(% of peak is against the nominal peak of the threads used: 1 thread = one core's peak.)")
+    L.append("(GFLOP/s counts the f32 model's FLOPs for int8 rows too; % of peak is against the nominal f32 peak of the "
+             "threads used, 1 thread = one core's peak, so int8 kernels with VNNI can exceed 100 %.)")
     L.append("")
     L.append("Rows: plain tract on the file (`examples/tract_bench.rs`: one call of 16; 16 one-ROI calls; the multithread "
              "executor, a rayon pool inside each op; calls shared out between 2 threads against one plan) and "
@@ -843,8 +849,10 @@ def render(res, a) -> str:
         L.append("### Candidate layers for the next model (random weights, 16 inputs)")
         L.append("")
         L.append("Each row is a small ONNX graph exported from PyTorch (stacks of 4 identical layers with ReLU, "
-                 "or a whole edge net), run by both engines; tract 2 thr = two batches of 8 on two threads. int8 = "
-                 "onnxruntime's QDQ (per-channel weights, uint8 activations) as `amfp_train.quantize` makes it.")
+                 "or a whole edge net with BN folded), random weights, run by both engines on 16 inputs. tract as amfp "
+                 "runs it: f32 in one-input calls, int8 in calls of 4; 2 thr = the calls shared out between two threads. "
+                 "int8 = QOperator per-tensor Conv+Relu (`amfp_train.quantize --format qoperator --per-tensor`), the form "
+                 "tract runs on integer kernels.")
         L.append("")
         L.append("| layers | GFLOP | tract f32 1 thr GFLOP/s | tract/ORT f32 1 thr | tract/ORT f32 2 thr | tract int8/f32 1 thr | ORT int8/f32 1 thr | tract/ORT int8 2 thr |")
         L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -876,7 +884,7 @@ def chart(res, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in res["model_only"]]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5))
     for ax, kind in zip(axes, ("f32", "int8")):
         rs = [r for r in rows if r["kind"] == kind]
         labels = [f"{r['label']} ({r['threads']} thr)" for r in rs]
@@ -885,7 +893,7 @@ def chart(res, path: Path) -> None:
         ax.barh(labels, vals, color=colors)
         ax.invert_yaxis()
         ax.set_xlabel("ms per 16 ROIs (median)")
-        ax.set_title(f"amfp-synth-v1 {kind}: tract (orange) vs onnxruntime (blue)")
+        ax.set_title(f"amfp-synth-v1 {kind}: tract (orange), onnxruntime (blue)", fontsize=10)
         for y, v in enumerate(vals):
             ax.text(v, y, f" {v:.0f}", va="center", fontsize=8)
     m = res["machine"]
