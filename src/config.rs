@@ -80,11 +80,50 @@ pub struct CameraSettings {
     pub pixel_um: Option<f64>,
     /// How the part is found in a frame: auto, otsu (part on a background) or full (all surface).
     pub mask: crate::roi::MaskMode,
+    /// V4L2 device node of the camera or USB microscope (`capture::v4l2`, docs/capture.md).
+    pub device: PathBuf,
+    /// Pixel formats (FourCC) in order of preference; the first the camera offers is used.
+    pub formats: Vec<String>,
+    /// Frame width in pixels; not set: the largest the camera offers in the chosen format.
+    pub width: Option<u32>,
+    /// Frame height in pixels; not set: the largest the camera offers in the chosen format.
+    pub height: Option<u32>,
+    /// Frames per second asked of the camera; not set: the camera's default.
+    pub fps: Option<f64>,
+    /// Frames averaged into one to cut sensor noise (1: no averaging).
+    pub average_frames: u32,
+    /// Turn automatic exposure, gain, focus and white balance off, so that every part is imaged alike.
+    pub lock_controls: bool,
+    /// Exposure time in µs (V4L2 exposure_time_absolute, in units of 100 µs); not set: as the camera is.
+    pub exposure_us: Option<u32>,
+    /// Analogue gain in the camera's own units; not set: as the camera is.
+    pub gain: Option<i64>,
+    /// Focus position in the camera's own units (focus_absolute); not set: as the camera is.
+    pub focus: Option<i64>,
+    /// White balance colour temperature in kelvin; not set: as the camera is.
+    pub white_balance_k: Option<u32>,
+    /// Further V4L2 controls by their v4l2-ctl name (`power_line_frequency = 1`), set after the others.
+    pub controls: BTreeMap<String, i64>,
 }
 
 impl Default for CameraSettings {
     fn default() -> Self {
-        Self { pixel_um: None, mask: crate::roi::MaskMode::Auto }
+        Self {
+            pixel_um: None,
+            mask: crate::roi::MaskMode::Auto,
+            device: PathBuf::from("/dev/video0"),
+            formats: ["GREY", "Y16", "YUYV", "MJPG"].map(String::from).to_vec(),
+            width: None,
+            height: None,
+            fps: None,
+            average_frames: 1,
+            lock_controls: true,
+            exposure_us: None,
+            gain: None,
+            focus: None,
+            white_balance_k: None,
+            controls: BTreeMap::new(),
+        }
     }
 }
 
@@ -203,6 +242,18 @@ const ALLOWED: &[(&str, &str)] = &[
     ("model.extra", "a list of paths to ONNX models exported for amfp"),
     ("camera.pixel_um", PIXEL_ALLOWED),
     ("camera.mask", "auto, otsu or full"),
+    ("camera.device", "a path to a V4L2 device node, e.g. /dev/video0"),
+    ("camera.formats", "a non-empty list of pixel formats from GREY, Y16, YUYV and MJPG, most preferred first"),
+    ("camera.width", "a whole number of pixels from 16 to 20000"),
+    ("camera.height", "a whole number of pixels from 16 to 20000"),
+    ("camera.fps", "a number of frames per second above 0, at most 1000"),
+    ("camera.average_frames", "a whole number of frames from 1 to 64"),
+    ("camera.lock_controls", "true or false"),
+    ("camera.exposure_us", "a whole number of µs from 100 to 10000000"),
+    ("camera.gain", "a whole number in the camera's units (amfp cameras lists its range)"),
+    ("camera.focus", "a whole number in the camera's units (amfp cameras lists its range)"),
+    ("camera.white_balance_k", "a whole number of kelvin from 1000 to 20000"),
+    ("camera.controls", "a table of V4L2 control names as amfp cameras lists them (lower case, _) to whole numbers"),
     ("identify.rois", "a whole number of ROIs from 1 to 256"),
     ("identify.batch", "a whole number of ROIs from 1 to 64"),
     ("identify.early_stop", "off, exact or sequential"),
@@ -324,6 +375,7 @@ impl Settings {
         {
             out_of("camera.pixel_um", um.to_string());
         }
+        self.check_camera(&mut out_of);
         let i = &self.identify;
         if let Some(n) = i.rois
             && !(1..=256).contains(&n)
@@ -482,6 +534,51 @@ impl Settings {
         }
         if m.client_cert_file.is_some() && m.ca_file.is_none() {
             bad("mqtt.client_cert_file", "is set but mqtt.ca_file is not; a client certificate needs TLS, which mqtt.ca_file turns on".into());
+        }
+    }
+}
+
+impl Settings {
+    /// The checks of the capture keys of `[camera]` (`capture::v4l2`). Whether the camera
+    /// offers the formats, sizes and controls is checked when it is opened.
+    fn check_camera(&self, out_of: &mut impl FnMut(&'static str, String)) {
+        let c = &self.camera;
+        if c.device.as_os_str().is_empty() {
+            out_of("camera.device", "an empty path".into());
+        }
+        if c.formats.is_empty() {
+            out_of("camera.formats", "an empty list".into());
+        }
+        if let Some(f) = c.formats.iter().find(|f| !crate::capture::pixels::KNOWN_FORMATS.contains(&f.as_str())) {
+            out_of("camera.formats", format!("{f:?}"));
+        }
+        for (key, v) in [("camera.width", c.width), ("camera.height", c.height)] {
+            if let Some(v) = v
+                && !(16..=20_000).contains(&v)
+            {
+                out_of(key, v.to_string());
+            }
+        }
+        if let Some(fps) = c.fps
+            && !(fps.is_finite() && fps > 0.0 && fps <= 1000.0)
+        {
+            out_of("camera.fps", fps.to_string());
+        }
+        if !(1..=64).contains(&c.average_frames) {
+            out_of("camera.average_frames", c.average_frames.to_string());
+        }
+        if let Some(us) = c.exposure_us
+            && !(100..=10_000_000).contains(&us)
+        {
+            out_of("camera.exposure_us", us.to_string());
+        }
+        if let Some(k) = c.white_balance_k
+            && !(1000..=20_000).contains(&k)
+        {
+            out_of("camera.white_balance_k", k.to_string());
+        }
+        if let Some(name) = c.controls.keys().find(|n| n.is_empty() || !n.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')) {
+            out_of("camera.controls", format!("a control named {name:?}"));
         }
     }
 }
@@ -1537,7 +1634,7 @@ mod tests {
                 l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))
             })
             // Keys whose default is "not set" are shown with an example value.
-            .filter(|l| !["fleet", "id", "path", "pixel_um", "rois", "client_id", "username", "password_file", "ca_file", "client_cert_file", "client_key_file", "dir", "expect"].iter().any(|k| l.starts_with(&format!("{k} = "))))
+            .filter(|l| !["fleet", "id", "path", "pixel_um", "width", "height", "fps", "exposure_us", "gain", "focus", "white_balance_k", "controls", "rois", "client_id", "username", "password_file", "ca_file", "client_cert_file", "client_key_file", "dir", "expect"].iter().any(|k| l.starts_with(&format!("{k} = "))))
             .map(|l| format!("{l}\n"))
             .collect();
         let parsed: Settings = toml::from_str(&uncommented).unwrap();

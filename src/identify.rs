@@ -313,8 +313,15 @@ impl Identifier {
                 break;
             }
         }
+        let tally = ballot.tally(rule.unknown_threshold);
+        // An identified part's process may need larger samples than this model's (docs/envelope.md).
+        let outcome = match meta.process_of(&meta.labels[tally.leader]) {
+            Some(process) if tally.known => optics::check_process_sample(&geometry, process).map(|()| tally),
+            _ => Ok(tally),
+        };
+        report.ok &= outcome.is_ok();
         Ok(ModelRun {
-            outcome: Ok(ballot.tally(rule.unknown_threshold)),
+            outcome,
             max_rois,
             envelope: Some(report),
             preprocess_ms,

@@ -7,10 +7,13 @@
 //! `capture` (frames) → `optics` (exposure, envelope, resampling) → `roi` (part mask, ROIs) →
 //! `model` (tract) → `vote` → `result` (the Attribution); `identify` strings them together.
 
+pub mod calibrate;
 pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod envelope;
+pub mod envelope_plot;
 pub mod identify;
 pub mod logging;
 pub mod model;

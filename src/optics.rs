@@ -184,6 +184,54 @@ pub fn fit_to_model(
     Ok((image, envelope))
 }
 
+/// What one process's surface texture needs to tell machines apart, after Bimrose et al. (2025,
+/// Figure 7 and its discussion): the smallest sample (ROI side on the part) at which accuracy
+/// holds, and the coarsest pixel. DLS projector pixels repeat within 0.2 mm; MJF powder grain
+/// and SLA hatching need about 1 mm; FDM tracks need 2 to 3 mm (2 mm is where accuracy starts to
+/// fall) with pixels under 64 µm.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ProcessNeeds {
+    /// `DLS`, `MJF`, `SLA` or `FDM`, as models name them in `amfp.label_process`.
+    pub process: &'static str,
+    /// Smallest sample side, mm.
+    pub min_sample_mm: f64,
+    /// Coarsest pixel, µm (infinite: no limit beyond the model's own).
+    pub max_pixel_um: f64,
+}
+
+/// The paper's limits per process (see [`ProcessNeeds`]).
+pub const PROCESS_NEEDS: &[ProcessNeeds] = &[
+    ProcessNeeds { process: "DLS", min_sample_mm: 0.2, max_pixel_um: f64::INFINITY },
+    ProcessNeeds { process: "MJF", min_sample_mm: 1.0, max_pixel_um: f64::INFINITY },
+    ProcessNeeds { process: "SLA", min_sample_mm: 1.0, max_pixel_um: f64::INFINITY },
+    ProcessNeeds { process: "FDM", min_sample_mm: 2.0, max_pixel_um: 64.0 },
+];
+
+/// The needs of `process` (case-insensitive), when the paper measured it.
+pub fn process_needs(process: &str) -> Option<&'static ProcessNeeds> {
+    PROCESS_NEEDS.iter().find(|n| n.process.eq_ignore_ascii_case(process))
+}
+
+/// Whether a model's samples are large and fine enough for parts of `process`: a model whose
+/// ROI is smaller than the process's texture repeats (or whose pixels are coarser than it
+/// resolves) cannot tell its machines apart, whatever the camera. Processes the paper did not
+/// measure pass.
+pub fn check_process_sample(geom: &ModelGeometry, process: &str) -> Result<(), Rejection> {
+    let Some(needs) = process_needs(process) else { return Ok(()) };
+    let sample_mm = geom.sample_mm();
+    if sample_mm < needs.min_sample_mm || geom.pixel_um > needs.max_pixel_um {
+        return Err(Rejection::SampleTooSmall {
+            process: needs.process.to_string(),
+            sample_mm,
+            min_sample_mm: needs.min_sample_mm,
+            model_um: geom.pixel_um,
+            max_pixel_um: needs.max_pixel_um,
+            roi_px: geom.roi_px,
+        });
+    }
+    Ok(())
+}
+
 /// Area downsampling by `factor` (>= 1: output pixel / input pixel), as training's `resample`:
 /// a whole factor k takes exact means of k x k blocks over the image cropped to multiples of k
 /// (output floor(size / k)); any other factor uses the box filter of Pillow's `Image.BOX`

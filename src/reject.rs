@@ -51,14 +51,22 @@ pub enum Rejection {
     PixelSizeUnknown,
     /// The camera's pixels are coarser than the model's: the texture the model needs is not resolved.
     #[error(
-        "pixel size {camera_um:.2} µm (from {pixel_source}) is coarser than the model's {model_um:.2} µm: the surface texture is not resolved; use a finer pixel (scan at >= {min_dpi:.0} dpi, or raise the magnification), or a model trained at this pixel size"
+        "pixel size {camera_um:.2} µm (from {pixel_source}) is coarser than the model's {model_um:.2} µm: the surface texture is not resolved; move the camera closer or raise the magnification until a pixel is at most {model_um:.2} µm (scan at >= {min_dpi:.0} dpi), or use a model trained at {} µm",
+        trained_at(*camera_um)
     )]
     PixelTooCoarse { camera_um: f64, model_um: f64, pixel_source: PixelSizeSource, min_dpi: f64 },
     /// After resampling, the view is smaller than one ROI.
     #[error(
-        "field of view {view_w_mm:.2} x {view_h_mm:.2} mm is smaller than the model's sample of {sample_mm:.2} mm: zoom out or use a larger image"
+        "field of view {view_w_mm:.2} x {view_h_mm:.2} mm is smaller than the model's sample of {sample_mm:.2} mm: zoom out or move the camera farther away (keeping pixels at most the model's size), or use a larger image"
     )]
     ViewTooSmall { view_w_mm: f64, view_h_mm: f64, sample_mm: f64 },
+    /// The model's sample (ROI side on the part) is smaller, or its pixels coarser, than the
+    /// texture of the identified part's process needs (Bimrose et al. 2025, Figure 7).
+    #[error(
+        "the model's sample of {sample_mm:.2} mm ({roi_px} px at {model_um:.2} µm) is too small or too coarse for {process} parts, which need at least {min_sample_mm:.1} mm{}: its verdict on them is not reliable; use a model trained on samples of at least {min_sample_mm:.1} mm (more pixels per ROI, or coarser pixels)",
+        if max_pixel_um.is_finite() { format!(" with pixels under {max_pixel_um:.0} µm") } else { String::new() }
+    )]
+    SampleTooSmall { process: String, sample_mm: f64, min_sample_mm: f64, model_um: f64, max_pixel_um: f64, roi_px: u32 },
     /// Every pixel has (nearly) the same value: lens cap, light off, or a blank file.
     #[error("blank image: every pixel is about {level:.3} of full scale; check the lens cap, the light and the camera")]
     Blank { level: f64 },
@@ -87,11 +95,39 @@ impl Rejection {
             Self::PixelSizeUnknown => "pixel_size_unknown",
             Self::PixelTooCoarse { .. } => "pixel_too_coarse",
             Self::ViewTooSmall { .. } => "view_too_small",
+            Self::SampleTooSmall { .. } => "sample_too_small",
             Self::Blank { .. } => "blank",
             Self::TooDark { .. } => "too_dark",
             Self::Saturated { .. } => "saturated",
             Self::NoPart { .. } => "no_part",
             Self::TooLittleSurface { .. } => "too_little_surface",
         }
+    }
+}
+
+/// A pixel size a model could be trained at for a camera of `camera_um`: the camera's pixel
+/// rounded up to a figure people write (2 significant digits), so the model never asks for
+/// finer pixels than the camera has.
+pub fn trained_at(camera_um: f64) -> String {
+    if !(camera_um.is_finite() && camera_um > 0.0) {
+        return "this pixel size".into();
+    }
+    let scale = 10f64.powf(camera_um.log10().floor() - 1.0);
+    let rounded = (camera_um / scale - 1e-9).ceil() * scale;
+    let decimals = (-(scale.log10().round()) as i32).max(0) as usize;
+    format!("{rounded:.decimals$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trained_at_rounds_up_to_two_digits() {
+        assert_eq!(trained_at(20.0), "20");
+        assert_eq!(trained_at(19.37), "20");
+        assert_eq!(trained_at(352.8), "360");
+        assert_eq!(trained_at(3.14), "3.2");
+        assert_eq!(trained_at(0.523), "0.53");
     }
 }

@@ -8,8 +8,10 @@
 pub mod conveyor;
 pub mod directory;
 pub mod file;
+pub mod pixels;
 pub mod source;
 pub mod synth;
+pub mod v4l2;
 
 /// One grayscale image with intensities in [0, 1], row-major.
 #[derive(Debug, Clone, PartialEq)]

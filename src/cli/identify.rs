@@ -29,8 +29,12 @@ use crate::vote::StopRule;
 #[derive(Debug, Args)]
 pub struct IdentifyArgs {
     /// Images of parts (PNG, JPEG or TIFF; 8 or 16 bit; gray or colour).
-    #[arg(required = true, value_name = "IMAGE")]
+    #[arg(required_unless_present = "camera", value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
+    /// Judge one frame from the camera instead of files: DEVICE, or camera.device when none is
+    /// given. Its [camera] settings apply (format, size, controls, frames averaged).
+    #[arg(long, value_name = "DEVICE", num_args = 0..=1, default_missing_value = "", conflicts_with = "images")]
+    pub camera: Option<String>,
     /// Model(s) to judge with; repeat for several (the first is the primary). Default:
     /// model.path and model.extra from the configuration, else the bundled reference model.
     #[arg(long = "model", value_name = "PATH")]
@@ -155,6 +159,9 @@ pub fn run(settings: &Settings, args: IdentifyArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let identifier = Identifier::new(models, options);
+    if let Some(device) = &args.camera {
+        return ExitCode::from(judge_camera(&identifier, settings, &args, Path::new(device)).exit_code());
+    }
     let threads = args
         .threads
         .map(usize::from)
@@ -210,6 +217,63 @@ fn judge_all(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs, 
         }
     });
     worst
+}
+
+/// Longest wait for a camera's first frame (a camera starting up, a slow board).
+const CAMERA_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Captures one frame (averaged as configured) from a camera and judges it.
+fn judge_camera(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs, device: &Path) -> Outcome {
+    use crate::capture::source::{FrameSource, Grab};
+    let mut camera = settings.camera.clone();
+    if !device.as_os_str().is_empty() {
+        camera.device = device.to_path_buf();
+    }
+    let mut source = match crate::capture::v4l2::V4l2Source::open(&camera) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Outcome::Error;
+        }
+    };
+    let t0 = Instant::now();
+    let captured = loop {
+        match source.grab(std::time::Duration::from_secs(1)) {
+            Ok(Grab::Frame(c)) => break c,
+            Ok(Grab::Idle) if t0.elapsed() < CAMERA_WAIT => continue,
+            Ok(Grab::Idle | Grab::End) => {
+                eprintln!("error: no frame from camera {} within {} s; check that it is connected and streaming (amfp cameras)", camera.device.display(), CAMERA_WAIT.as_secs());
+                return Outcome::Error;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Outcome::Error;
+            }
+        }
+    };
+    // A camera frame carries the configured pixel size: it comes from the configuration.
+    let pixel = args
+        .pixel_um
+        .map(|v| (v, crate::reject::PixelSizeSource::Cli))
+        .or(camera.pixel_um.map(|v| (v, crate::reject::PixelSizeSource::Config)));
+    let inspection = Inspection {
+        pixel,
+        frame: &captured.frame,
+        source: captured.source.clone(),
+        claim: args.claim.as_deref(),
+        capture_ms: captured.capture_ms,
+    };
+    match identifier.identify(&inspection) {
+        Ok(a) => {
+            let text = if args.json { json_line(&a) } else { table(&camera.device, &a) };
+            print!("{text}");
+            Outcome::of(&a)
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", camera.device.display());
+            Outcome::Error
+        }
+    }
 }
 
 /// Reads and judges one image; an Err is a message naming the file.

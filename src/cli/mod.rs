@@ -3,7 +3,10 @@
 //! Each subcommand has its own module holding its arguments and a `run` function, so that
 //! `main.rs` stays a two-liner and a subcommand can be read in one file.
 
+pub mod calibrate;
+pub mod cameras;
 pub mod config;
+pub mod envelope;
 pub mod identify;
 pub mod model;
 pub mod run;
@@ -49,6 +52,15 @@ pub enum Command {
     /// Run the daemon: inspect parts from a camera, a watched directory or the simulator, and
     /// send each attribution to stdout, the results log and MQTT, until SIGINT or SIGTERM.
     Run(run::RunArgs),
+    /// List the V4L2 cameras and USB microscopes with their formats, sizes and controls.
+    Cameras(cameras::CamerasArgs),
+    /// Measure the camera's pixel size from an image of a line grating or grid of known pitch.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Say whether a camera (pixel size, field of view) can serve a model, and draw it.
+    ///
+    /// Exit status: 0 inside the envelope, 3 at its edge, 4 outside, 1 the model or the PNG
+    /// could not be read or written, 2 invalid configuration or arguments.
+    Envelope(envelope::EnvelopeArgs),
 }
 
 /// Runs a parsed command line and turns its outcome into the process exit code.
@@ -59,6 +71,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Identify(args) => with_settings(cli.config.as_deref(), |s| identify::run(s, args)),
         Command::Model(cmd) => with_settings(cli.config.as_deref(), |s| model::run(s, cmd)),
         Command::Run(args) => with_settings(cli.config.as_deref(), |s| run::run(s, args)),
+        Command::Cameras(args) => with_settings(cli.config.as_deref(), |s| cameras::run(s, args)),
+        Command::Calibrate(args) => with_settings(cli.config.as_deref(), |s| calibrate::run(s, args)),
+        Command::Envelope(args) => with_settings(cli.config.as_deref(), |s| envelope::run(s, args)),
     }
 }
 
