@@ -39,6 +39,7 @@ use crate::capture::conveyor::Conveyor;
 use crate::capture::directory::WatchedDirectory;
 use crate::capture::source::{CaptureError, Captured, FrameSource, Grab};
 use crate::capture::synth::SynthSource;
+use crate::capture::v4l2::V4l2Source;
 use crate::config::Settings;
 use crate::identify::{IdentifyOptions, Identifier, Inspection, model_paths, resolve_pixel_size};
 use crate::model::Model;
@@ -267,11 +268,7 @@ fn open_source(settings: &Settings, model_path: &Path) -> Result<Box<dyn FrameSo
                 Box::new(parts)
             }
         }
-        SourceKind::V4l2 => {
-            return Err(DaemonError::Failed(
-                "source.kind = \"v4l2\": camera capture is not in this build yet; use source.kind = \"directory\" or \"synth\"".into(),
-            ));
-        }
+        SourceKind::V4l2 => Box::new(V4l2Source::open(&settings.camera).map_err(failed)?),
     })
 }
 
