@@ -177,6 +177,8 @@ async fn parts_from_a_directory_arrive_as_results() {
 
     let online = sub.status(&station.topic("status"), "online").await;
     assert_eq!(online["model"]["name"], "amfp-synth-v1-int8");
+    assert_eq!(online["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(online["camera"]["kind"], "directory");
     assert_eq!(online["source"]["kind"], "directory");
     let (results, _) = sub.results(&station.topic("result"), names.len()).await;
     for r in &results {
@@ -242,6 +244,9 @@ async fn results_survive_kill_9() {
         station.drop_part(i);
     }
     until("three parts judged with no broker", || station.logged().len() == 3).await;
+    // No broker is no crash loop: a clear warning, and the parts are judged all the same.
+    let warning = format!("mqtt: cannot connect: nothing listens at 127.0.0.1:{port}");
+    until("a clear warning about the broker", || daemon.log().contains(&warning)).await;
     daemon.signal("KILL");
     assert_eq!(daemon.exit().await.0, None, "killed by the signal");
 
@@ -421,4 +426,35 @@ fn a_line_station_judges_each_part_once_at_rest() {
         passages.push((frame - 1) / period);
     }
     assert_eq!(passages, [0, 1, 2], "one judgement per part, in order");
+}
+
+/// A configuration that cannot work is a clear error at start, with the exit status that tells
+/// systemd not to retry (2), never a crash loop; a missing model exits 1 naming the file.
+#[test]
+fn bad_configuration_is_a_clear_error_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: &str, args: &[&str]| {
+        let path = dir.path().join("amfp.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = amfp_process(&path).current_dir(env!("CARGO_MANIFEST_DIR")).arg("run").args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run("[daemon]\ntriger = \"each\"\n", &["--source", "synth", "--parts", "1"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("daemon") && err.contains("triger") && err.contains("trigger"), "{err}");
+    let (code, err) = run("[mqtt]\nenabled = true\nhost = \"mqtt://broker:1883\"\n", &["--source", "synth", "--parts", "1"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("mqtt.host"), "{err}");
+    let (code, err) = run("", &["--source", "directory", "--parts", "1"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("source.dir"), "{err}");
+    let (code, err) = run("", &["--source", "synth", "--trigger", "continuous", "--parts", "1"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("continuous"), "{err}");
+    let (code, err) = run("", &["--source", "synth", "--model", "/nonexistent/model.onnx", "--parts", "1"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("/nonexistent/model.onnx"), "{err}");
+    let (code, err) = run("[daemon]\nexpect = \"NO-SUCH-MACHINE\"\n", &["--source", "synth", "--parts", "1"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("NO-SUCH-MACHINE") && err.contains("S450-1"), "{err}");
 }

@@ -142,6 +142,8 @@ pub async fn run(settings: Settings, options: RunOptions, shutdown: Cancellation
             "version": env!("CARGO_PKG_VERSION"),
             "model": model_status,
             "source": {"kind": described.kind, "name": described.name},
+            // What the fleet needs to judge this device's verdicts: how it sees the parts.
+            "camera": {"kind": described.kind, "name": described.name, "pixel_um": settings.camera.pixel_um, "mask": settings.camera.mask},
             "trigger": format!("{trigger:?}").to_lowercase(),
             "expect": settings.daemon.expect,
         });
