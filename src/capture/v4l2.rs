@@ -216,8 +216,9 @@ impl FrameSource for V4l2Source {
         }
         let State::Open(camera) = &mut self.state else { unreachable!("opened above") };
         match camera.capture(self.settings.average_frames, wait) {
-            Ok(Some(mut frame)) => {
-                frame.pixel_um = self.settings.pixel_um;
+            // The sensor does not know the size of a pixel on the part: that is the camera's
+            // configured (or calibrated) `camera.pixel_um`, which the pipeline reports as such.
+            Ok(Some(frame)) => {
                 self.frames += 1;
                 let mut source = self.describe();
                 source.frame = Some(self.frames);
