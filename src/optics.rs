@@ -103,39 +103,63 @@ pub fn check_exposure(frame: &Frame) -> Result<(), Rejection> {
     if px.is_empty() {
         return Err(Rejection::Blank { level: 0.0 });
     }
+    let levels = Levels::of(px);
     // Clipping first: an all-white frame is over-exposed (lower the light), not blank.
-    let clipped = px.iter().filter(|&&v| v >= SATURATED_LEVEL).count() as f64 / px.len() as f64;
+    let clipped = levels.saturated as f64 / px.len() as f64;
     if clipped > SATURATED_FRACTION {
         return Err(Rejection::Saturated { percent: 100.0 * clipped });
     }
-    let (lo, hi) = px.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    if hi - lo < BLANK_RANGE {
-        return Err(Rejection::Blank { level: f64::from(0.5 * (lo + hi)) });
+    if levels.max - levels.min < BLANK_RANGE {
+        return Err(Rejection::Blank { level: f64::from(0.5 * (levels.min + levels.max)) });
     }
-    let p99 = percentile(px, 0.99);
+    let p99 = levels.percentile(0.99);
     if p99 < TOO_DARK_P99 {
         return Err(Rejection::TooDark { p99: f64::from(p99) });
     }
     Ok(())
 }
 
-/// The `q`-quantile of the values (the value at rank floor(q * (n - 1))), to 1/4096 of full
-/// scale from a histogram: exact enough for exposure checks, and O(n) without a copy.
-fn percentile(px: &[f32], q: f64) -> f32 {
+/// What the exposure check needs of a frame, gathered in one pass over its pixels: range,
+/// clipped count and a histogram for percentiles.
+struct Levels {
+    min: f32,
+    max: f32,
+    saturated: usize,
+    /// Pixel counts in [`Levels::BINS`] bins over [0, 1].
+    hist: Vec<u32>,
+    count: usize,
+}
+
+impl Levels {
     const BINS: usize = 4096;
-    let mut hist = [0u32; BINS];
-    for &v in px {
-        hist[((v.clamp(0.0, 1.0) * (BINS - 1) as f32) as usize).min(BINS - 1)] += 1;
-    }
-    let rank = (q * (px.len() - 1) as f64).floor() as u64;
-    let mut seen = 0u64;
-    for (i, &c) in hist.iter().enumerate() {
-        seen += u64::from(c);
-        if seen > rank {
-            return i as f32 / (BINS - 1) as f32;
+
+    fn of(px: &[f32]) -> Self {
+        let mut hist = vec![0u32; Self::BINS];
+        let (mut min, mut max, mut saturated) = (f32::INFINITY, f32::NEG_INFINITY, 0usize);
+        let top = (Self::BINS - 1) as f32;
+        for &v in px {
+            min = min.min(v);
+            max = max.max(v);
+            saturated += usize::from(v >= SATURATED_LEVEL);
+            // Clamped to [0, 1] first, so the index is in 0..BINS (NaN maps to 0).
+            hist[(v.clamp(0.0, 1.0) * top) as usize] += 1;
         }
+        Self { min, max, saturated, hist, count: px.len() }
     }
-    1.0
+
+    /// The `q`-quantile of the values (the value at rank floor(q * (n - 1))), to 1/4096 of full
+    /// scale: exact enough for exposure checks, and O(n) without a copy.
+    fn percentile(&self, q: f64) -> f32 {
+        let rank = (q * (self.count - 1) as f64).floor() as u64;
+        let mut seen = 0u64;
+        for (i, &c) in self.hist.iter().enumerate() {
+            seen += u64::from(c);
+            if seen > rank {
+                return i as f32 / (Self::BINS - 1) as f32;
+            }
+        }
+        1.0
+    }
 }
 
 /// Brings a frame to the model's pixel size, or says why it cannot be judged by this model.
@@ -295,8 +319,8 @@ mod tests {
     #[test]
     fn percentile_of_a_ramp() {
         let px: Vec<f32> = (0..=1000).map(|i| i as f32 / 1000.0).collect();
-        assert!((percentile(&px, 0.99) - 0.99).abs() < 1e-3);
-        assert!((percentile(&px, 0.0)).abs() < 1e-3);
+        assert!((Levels::of(&px).percentile(0.99) - 0.99).abs() < 1e-3);
+        assert!(Levels::of(&px).percentile(0.0).abs() < 1e-3);
     }
 
     #[test]

@@ -127,14 +127,18 @@ struct Integral {
 }
 
 impl Integral {
-    fn new(width: usize, height: usize, on: impl Fn(usize) -> bool) -> Self {
+    /// The table of a 0/1 mask, row-major `width` x `height`.
+    fn new(width: usize, height: usize, mask: &[u8]) -> Self {
         let stride = width + 1;
         let mut sums = vec![0u32; stride * (height + 1)];
-        for y in 0..height {
-            let mut row = 0u32;
-            for x in 0..width {
-                row = row.wrapping_add(u32::from(on(y * width + x)));
-                sums[(y + 1) * stride + x + 1] = sums[y * stride + x + 1].wrapping_add(row);
+        for (y, mask_row) in mask.chunks_exact(width).enumerate().take(height) {
+            let (above, rest) = sums.split_at_mut((y + 1) * stride);
+            let above = &above[y * stride..];
+            let row_sums = &mut rest[..stride];
+            let mut run = 0u32;
+            for ((sum, &up), &m) in row_sums[1..].iter_mut().zip(&above[1..]).zip(mask_row) {
+                run = run.wrapping_add(u32::from(m));
+                *sum = up.wrapping_add(run);
             }
         }
         Self { stride, sums }
@@ -144,6 +148,11 @@ impl Integral {
     fn rect(&self, x0: usize, y0: usize, x1: usize, y1: usize) -> u32 {
         let s = |x: usize, y: usize| self.sums[y * self.stride + x];
         s(x1, y1).wrapping_sub(s(x0, y1)).wrapping_sub(s(x1, y0)).wrapping_add(s(x0, y0))
+    }
+
+    /// Row `y` of the table (the sums above row `y` of the image).
+    fn row(&self, y: usize) -> &[u32] {
+        &self.sums[y * self.stride..(y + 1) * self.stride]
     }
 }
 
@@ -197,27 +206,42 @@ impl PartSurface {
 
         let threshold = mask_threshold(&img.pixels, mode);
         let used = if threshold.is_some() { MaskMode::Otsu } else { MaskMode::Full };
-        let on = |i: usize| threshold.is_none_or(|t| img.pixels[i] > t);
-        let foreground = (0..w * h).filter(|&i| on(i)).count();
-        let foreground_fraction = foreground as f64 / (w * h) as f64;
-
-        // Beyond training: unless the caller vouches that the frame is all surface (`full`),
-        // what was found must be brighter than an empty background.
-        if mode != MaskMode::Full && foreground > 0 {
-            let level = median((0..w * h).filter(|&i| on(i)).map(|i| img.pixels[i]).collect());
-            if level < PART_MIN_LEVEL {
-                return Err(Rejection::NoPart {
-                    detail: format!(
-                        "the brightest region has a median of {level:.2} of full scale, as dark as an empty background (a part reaches at least {PART_MIN_LEVEL:.2})"
-                    ),
-                });
-            }
-        }
-
         // Acceptable corners: training's make_part_image.
         let need = (decimal_f64(min_foreground) * (r * r) as f64 - 1e-9).ceil().max(0.0) as u64;
-        let valid = valid_corner_map(w, h, r, need, on);
         let (cw, ch) = (w - r + 1, h - r + 1);
+        // Beyond training: unless the caller vouches that the frame is all surface (`full`),
+        // what was found must be brighter than an empty background.
+        let too_dark = |level: f32| Rejection::NoPart {
+            detail: format!(
+                "the brightest region has a median of {level:.2} of full scale, as dark as an empty background (a part reaches at least {PART_MIN_LEVEL:.2})"
+            ),
+        };
+        let (foreground, valid) = match threshold {
+            // All surface: every pixel is on the part and every corner acceptable (a microscope
+            // frame), so there is nothing to count.
+            None => {
+                if mode != MaskMode::Full
+                    && let Some(level) = median_below(img.pixels.iter().copied(), w * h, PART_MIN_LEVEL)
+                {
+                    return Err(too_dark(level));
+                }
+                (w * h, vec![need <= (r * r) as u64; cw * ch])
+            }
+            Some(t) => {
+                let mask: Vec<u8> = img.pixels.iter().map(|&v| u8::from(v > t)).collect();
+                let fg = Integral::new(w, h, &mask);
+                let foreground = fg.rect(0, 0, w, h) as usize;
+                // Only a threshold below the level can let darker pixels into the part.
+                if foreground > 0 && t < PART_MIN_LEVEL {
+                    let on = img.pixels.iter().zip(&mask).filter(|&(_, &m)| m == 1).map(|(&v, _)| v);
+                    if let Some(level) = median_below(on, foreground, PART_MIN_LEVEL) {
+                        return Err(too_dark(level));
+                    }
+                }
+                (foreground, valid_corner_map(&fg, w, h, r, need))
+            }
+        };
+        let foreground_fraction = foreground as f64 / (w * h) as f64;
         let valid_corners = valid.iter().filter(|&&v| v).count();
         let too_little =
             |surface_rois: f64| Rejection::TooLittleSurface { surface_rois, needed: min_surface_rois, sample_mm };
@@ -361,15 +385,18 @@ fn mask_threshold(pixels: &[f32], mode: MaskMode) -> Option<f32> {
     }
 }
 
-/// Whether each ROI corner has at least `need` foreground pixels, from an integral image of
-/// the mask: row-major over (w - r + 1) x (h - r + 1) corners.
-fn valid_corner_map(w: usize, h: usize, r: usize, need: u64, on: impl Fn(usize) -> bool) -> Vec<bool> {
-    let fg = Integral::new(w, h, on);
+/// Whether each ROI corner has at least `need` foreground pixels, from the integral image of
+/// the mask: row-major over (w - r + 1) x (h - r + 1) corners. Each corner row reads two rows
+/// of the table, `r` apart, in step (the loop vectorises).
+fn valid_corner_map(fg: &Integral, w: usize, h: usize, r: usize, need: u64) -> Vec<bool> {
     let cw = w - r + 1;
+    let need = u32::try_from(need).unwrap_or(u32::MAX);
     let mut valid = vec![false; cw * (h - r + 1)];
     for (y, row) in valid.chunks_exact_mut(cw).enumerate() {
-        for (x, v) in row.iter_mut().enumerate() {
-            *v = u64::from(fg.rect(x, y, x + r, y + r)) >= need;
+        let (top, bottom) = (fg.row(y), fg.row(y + r));
+        let quads = top[..cw].iter().zip(&top[r..]).zip(bottom[..cw].iter().zip(&bottom[r..]));
+        for (v, ((&tl, &tr), (&bl, &br))) in row.iter_mut().zip(quads) {
+            *v = br.wrapping_sub(bl).wrapping_sub(tr).wrapping_add(tl) >= need;
         }
     }
     valid
@@ -381,29 +408,51 @@ fn decimal_f64(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(f64::from(v))
 }
 
-/// Median of the values (the upper one of an even count).
-fn median(mut values: Vec<f32>) -> f32 {
-    let mid = values.len() / 2;
-    *values.select_nth_unstable_by(mid, f32::total_cmp).1
+/// The median of `count` values (the upper one of an even count) when it is below `level`,
+/// else None. Deciding takes one count (the median is below `level` exactly when more than
+/// half of the values are); only a frame about to be refused pays for the median itself.
+fn median_below(values: impl Iterator<Item = f32> + Clone, count: usize, level: f32) -> Option<f32> {
+    let mid = count / 2;
+    if values.clone().filter(|&v| v < level).count() <= mid {
+        return None;
+    }
+    let mut all: Vec<f32> = values.collect();
+    Some(*all.select_nth_unstable_by(mid, f32::total_cmp).1)
 }
 
 /// Pixels covered by at least one acceptable ROI: pixel (x, y) is covered when some valid
-/// corner lies in [x - r + 1, x] x [y - r + 1, y]; one integral image over the corner map
-/// answers that in O(1) per pixel.
+/// corner lies in [x - r + 1, x] x [y - r + 1, y]. Separable: a sliding count along each corner
+/// row marks the pixels that row's corners cover, then a sliding count down the columns.
 fn covered_pixels(valid: &[bool], cw: usize, ch: usize, w: usize, h: usize, r: usize) -> usize {
-    let corners = Integral::new(cw, ch, |i| valid[i]);
+    // across[y * w + x]: some valid corner (x', y) with x - r < x' <= x.
+    let mut across = vec![0u8; ch * w];
+    for (corners, marks) in valid.chunks_exact(cw).zip(across.chunks_exact_mut(w)) {
+        let mut in_window = 0u32;
+        for (x, mark) in marks.iter_mut().enumerate() {
+            if x < cw && corners[x] {
+                in_window += 1;
+            }
+            if x >= r && corners[x - r] {
+                in_window -= 1;
+            }
+            *mark = u8::from(in_window > 0);
+        }
+    }
+    // Down the columns: rows y - r < y' <= y of `across` (y' < ch).
+    let mut in_window = vec![0u32; w];
     let mut covered = 0;
     for y in 0..h {
-        let (y0, y1) = ((y + 1).saturating_sub(r), (y + 1).min(ch));
-        if y0 >= y1 {
-            continue;
-        }
-        for x in 0..w {
-            let (x0, x1) = ((x + 1).saturating_sub(r), (x + 1).min(cw));
-            if x0 < x1 && corners.rect(x0, y0, x1, y1) > 0 {
-                covered += 1;
+        if y < ch {
+            for (n, &m) in in_window.iter_mut().zip(&across[y * w..(y + 1) * w]) {
+                *n += u32::from(m);
             }
         }
+        if y >= r {
+            for (n, &m) in in_window.iter_mut().zip(&across[(y - r) * w..(y - r + 1) * w]) {
+                *n -= u32::from(m);
+            }
+        }
+        covered += in_window.iter().filter(|&&n| n > 0).count();
     }
     covered
 }
@@ -423,8 +472,8 @@ mod tests {
 
     #[test]
     fn integral_rectangles() {
-        let on = [true, false, true, true, true, false];
-        let s = Integral::new(3, 2, |i| on[i]);
+        let on = [1, 0, 1, 1, 1, 0];
+        let s = Integral::new(3, 2, &on);
         assert_eq!(s.rect(0, 0, 3, 2), 4);
         assert_eq!(s.rect(1, 0, 3, 2), 2);
         assert_eq!(s.rect(0, 1, 2, 2), 2);
@@ -440,6 +489,48 @@ mod tests {
         assert!(s.is_valid((5, 6)));
         assert_eq!(s.surface_rois(), 1.0);
         assert_eq!(s.sample(3, 1), vec![(5, 6); 3]);
+    }
+
+    /// Tiny deterministic generator for the brute-force checks below.
+    fn lcg(state: &mut u64) -> u64 {
+        *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *state >> 33
+    }
+
+    #[test]
+    fn corner_map_and_covered_pixels_match_brute_force() {
+        let mut seed = 11;
+        for case in 0..200 {
+            let (w, h) = (1 + lcg(&mut seed) as usize % 23, 1 + lcg(&mut seed) as usize % 19);
+            let r = 1 + lcg(&mut seed) as usize % w.min(h);
+            let density = lcg(&mut seed) % 100;
+            let mask: Vec<u8> = (0..w * h).map(|_| u8::from(lcg(&mut seed) % 100 < density)).collect();
+            let need = lcg(&mut seed) % (r * r + 1) as u64;
+            let valid = valid_corner_map(&Integral::new(w, h, &mask), w, h, r, need);
+            let (cw, ch) = (w - r + 1, h - r + 1);
+            for (y, x) in (0..ch).flat_map(|y| (0..cw).map(move |x| (y, x))) {
+                let sum: u64 = (y..y + r).flat_map(|yy| (x..x + r).map(move |xx| (yy, xx))).map(|(yy, xx)| u64::from(mask[yy * w + xx])).sum();
+                assert_eq!(valid[y * cw + x], sum >= need, "case {case}: corner ({x}, {y})");
+            }
+            let brute = (0..h)
+                .flat_map(|y| (0..w).map(move |x| (x, y)))
+                .filter(|&(x, y)| {
+                    (y.saturating_sub(r - 1)..=y.min(ch - 1)).any(|cy| (x.saturating_sub(r - 1)..=x.min(cw - 1)).any(|cx| valid[cy * cw + cx]))
+                })
+                .count();
+            assert_eq!(covered_pixels(&valid, cw, ch, w, h, r), brute, "case {case}: {w}x{h}, r {r}");
+        }
+    }
+
+    #[test]
+    fn median_below_a_level_is_decided_by_a_count() {
+        let values = [0.1f32, 0.5, 0.2, 0.9, 0.25];
+        assert_eq!(median_below(values.iter().copied(), 5, 0.3), Some(0.25));
+        assert_eq!(median_below(values.iter().copied(), 5, 0.25), None);
+        // Even count: the upper of the two middle values (0.2, 0.5 -> 0.5).
+        let even = [0.1f32, 0.2, 0.5, 0.9];
+        assert_eq!(median_below(even.iter().copied(), 4, 0.5), None);
+        assert_eq!(median_below(even.iter().copied(), 4, 0.51), Some(0.5));
     }
 
     #[test]
