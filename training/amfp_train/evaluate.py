@@ -105,6 +105,12 @@ def metrics(probs: np.ndarray, parts: list[Part], labels: list[str], label_proce
         per_proc[pt].append(bool(t == q))
         proc_ok[pt].append(pt == pq)
     out["accuracy_per_process"] = {k: float(np.mean(v)) for k, v in sorted(per_proc.items())}
+    # imaging modes (scanner, microscope): a model must judge each mode it will see in the field
+    per_mode: dict[str, list[bool]] = defaultdict(list)
+    for i, t, q in zip(ok, y, pred):
+        per_mode[parts[i].mode].append(bool(t == q))
+    out["accuracy_per_mode"] = {k: float(np.mean(v)) for k, v in sorted(per_mode.items())}
+    out["parts_per_mode"] = {k: len(v) for k, v in sorted(per_mode.items())}
     out["process_accuracy"] = float(np.mean([x for v in proc_ok.values() for x in v]))
     out["process_accuracy_per_process"] = {k: float(np.mean(v)) for k, v in sorted(proc_ok.items())}
     cm = np.zeros((len(labels), len(labels)), dtype=int)
@@ -290,6 +296,15 @@ def model_card(f32: dict, int8: dict | None, meta: dict, dataset_desc: str) -> s
         row += f"{f32['process_accuracy_per_process'].get(proc, float('nan')):.3f} |"
         L.append(row)
     L.append("")
+    if len(f32.get("accuracy_per_mode", {})) > 1:
+        L.append("| imaging mode | parts | machine accuracy (f32) | " + ("machine accuracy (int8) |" if int8 else ""))
+        L.append("|---|---|---|" + ("---|" if int8 else ""))
+        for mode, acc in f32["accuracy_per_mode"].items():
+            row = f"| {mode} | {f32['parts_per_mode'][mode]} | {acc:.3f} | "
+            if int8:
+                row += f"{int8.get('accuracy_per_mode', {}).get(mode, float('nan')):.3f} |"
+            L.append(row)
+        L.append("")
     os_ = f32.get("open_set", {})
     if os_.get("unknown_parts"):
         L.append(f"- Open set: threshold {f32['unknown_threshold']:.3f} on the top class's vote fraction; "

@@ -3,7 +3,11 @@
 1. simulate the dataset with ``amfp synth``: the paper's 21 machines plus
    four extra units of known models (5200-3, F3B-7, M2-7, S450-3) that are held
    out of training as the open-set "unknown machines" (a sibling unit of a
-   known model is the hardest unknown there is);
+   known model is the hardest unknown there is); flatbed-scanner parts, and
+   other parts of the same machines seen through a USB microscope (ring light,
+   vignetting, finer pixels resampled to the model's), because a model that
+   never saw microscope frames cannot judge them (docs/envelope.md); both go
+   into one dataset, ``OUT/dataset``, split by part;
 2. train the edge net (CPU, < 30 min on 2 cores; see docs/training.md);
 3. export f32 ONNX with the metadata contract, check parity with PyTorch;
 4. quantize to int8 QDQ (calibrated on training ROIs);
@@ -41,6 +45,11 @@ log = logging.getLogger(__name__)
 EXTRA_MACHINES = [("5200-3", "hp-mjf-5200"), ("F3B-7", "formlabs-form3b"),
                   ("M2-7", "carbon-m2"), ("S450-3", "stratasys-f450mc")]
 
+# microscope-mode parts beside the scanner ones: other seeds (other parts), this pixel size
+# (resampled 2:1 to the model's 10.6 um, as a 5.3 um camera's frames are in the field)
+MICROSCOPE_PIXEL_UM = 5.3
+MICROSCOPE_SEED_OFFSET = 1000
+
 # the shipped model's training settings (measured: docs/training.md): native 10.6 um/px scans,
 # 192 px ROIs (2.0 mm), the stem learns the 2x downsampling, mean+std pooling
 SHIPPED = {
@@ -75,7 +84,7 @@ def run(cmd: list[str], **kw) -> str:
 
 def simulate(amfp: str, out: Path, parts: int, seed: int, extra: bool, machines: str = "",
              synth_args: list[str] | None = None) -> Path:
-    """Write the fleet (paper + extra units) and simulate the dataset into out/data."""
+    """Write the fleet (paper + extra units) and simulate the scanner dataset into out/data."""
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     fleet = out / "fleet.toml"
@@ -87,12 +96,58 @@ def simulate(amfp: str, out: Path, parts: int, seed: int, extra: bool, machines:
         for name, model in EXTRA_MACHINES:
             text += f'\n[[machine]]\nname = "{name}"\nmodel = "{model}"\n'
     fleet.write_text(text)
+    _synth(amfp, fleet, data, parts, seed, synth_args)
+    return data
+
+
+def simulate_microscope(amfp: str, out: Path, parts: int, seed: int, pixel_um: float,
+                        synth_args: list[str] | None = None, size: str | None = None) -> Path:
+    """Simulate other parts of the same fleet (out/fleet.toml) through a USB microscope into
+    out/data-microscope: other seeds than the scanner parts, so they are other parts."""
+    data = out / "data-microscope"
+    args = ["--mode", "microscope", "--pixel-um", str(pixel_um), *(synth_args or [])]
+    if size:
+        args += ["--microscope-size", size]
+    _synth(amfp, out / "fleet.toml", data, parts, seed + MICROSCOPE_SEED_OFFSET, args)
+    return data
+
+
+def _synth(amfp: str, fleet: Path, data: Path, parts: int, seed: int, synth_args: list[str] | None) -> None:
     cmd = [amfp, "synth", "--fleet", str(fleet), "--seed", str(seed), "--out", str(data),
            "--parts-per-machine", str(parts), "--overwrite", *(synth_args or [])]
     t0 = time.time()
     run(cmd)
-    log.info("simulated in %.1f s", time.time() - t0)
-    return data
+    log.info("simulated %s in %.1f s", data, time.time() - t0)
+
+
+def combine(out: Path, datasets: dict[str, Path]) -> Path:
+    """One dataset, out/dataset, over several simulated ones (scanner, microscope): a labels.csv
+    whose files point through symlinks into each, serials made unique per dataset (each dataset
+    numbers its parts from 0). Splits stay as the simulator drew them: by part, per machine."""
+    import csv
+
+    root = out / "dataset"
+    root.mkdir(parents=True, exist_ok=True)
+    rows, fields = [], None
+    for name, data in datasets.items():
+        link = root / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(data.resolve(), target_is_directory=True)
+        with open(data / "labels.csv", newline="") as f:
+            reader = csv.DictReader(f)
+            fields = fields or reader.fieldnames
+            if reader.fieldnames != fields:
+                raise ValueError(f"{data}/labels.csv: columns differ from the other datasets'")
+            for r in reader:
+                r["file"] = f"{name}/{r['file']}"
+                r["serial"] = f"{r['serial']}@{name}"
+                rows.append(r)
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return root
 
 
 def main(argv=None) -> dict:
@@ -106,6 +161,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--parts-per-machine", type=int, default=150)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--machines", default="", help="simulate only these (comma-separated; default all 21)")
+    ap.add_argument("--microscope-parts-per-machine", type=int, default=None,
+                    help="microscope-mode parts simulated per machine beside the scanner parts "
+                         "(default: 50, or 2 with --quick; 0: scanner parts only)")
     ap.add_argument("--no-extra", action="store_true", help="don't simulate extra held-out machines")
     ap.add_argument("--holdout", default=None, help="held-out labels (default: the extra machines)")
     ap.add_argument("--name", default="amfp-synth-v1")
@@ -140,6 +198,9 @@ def main(argv=None) -> dict:
         source = f"dataset:{data.name}"
         holdout = a.holdout or ""
     else:
+        micro_parts = a.microscope_parts_per_machine
+        if micro_parts is None:
+            micro_parts = 2 if a.quick else 50
         if a.reuse_simulation and (out / "data" / "labels.csv").exists():
             data = out / "data"
             log.info("reusing the simulated dataset in %s", data)
@@ -148,6 +209,15 @@ def main(argv=None) -> dict:
         source = f"synth:seed={a.seed};machines={'paper' if not a.machines else a.machines}" + \
                  ("+" + ",".join(n for n, _ in EXTRA_MACHINES) if not a.no_extra else "") + \
                  f";parts_per_machine={a.parts_per_machine}"
+        if micro_parts:
+            micro = out / "data-microscope"
+            if a.reuse_simulation and (micro / "labels.csv").exists():
+                log.info("reusing the simulated microscope dataset in %s", micro)
+            else:
+                micro = simulate_microscope(a.amfp, out, micro_parts, a.seed, MICROSCOPE_PIXEL_UM, a.synth_arg,
+                                            size="640x480" if a.quick else None)
+            data = combine(out, {"scanner": data, "microscope": micro})
+            source += f";microscope_parts_per_machine={micro_parts}@{MICROSCOPE_PIXEL_UM}um"
         holdout = a.holdout if a.holdout is not None else ("" if a.no_extra else ",".join(n for n, _ in EXTRA_MACHINES))
     timings["simulate_s"] = round(time.time() - t0, 1)
 

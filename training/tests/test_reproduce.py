@@ -7,7 +7,8 @@ from pathlib import Path
 
 import onnx
 
-from amfp_train.reproduce import main
+from amfp_train.dataset import read_dataset
+from amfp_train.reproduce import combine, main
 
 from .conftest import amfp_bin
 
@@ -36,4 +37,32 @@ def test_reproduce_quick(dataset, tmp_path):
     assert manifest["source"]["git_commit"] == commit
     if b:
         assert meta["amfp.trained_on"].startswith("synth:seed=11")
+        assert "microscope_parts_per_machine=2@5.3um" in meta["amfp.trained_on"]
         assert "M2-7" not in json.loads(meta["amfp.labels"])
+        # scanner and microscope parts in one dataset; the report says how each mode fares
+        ds = read_dataset(out / "dataset")
+        assert {p.mode for p in ds.parts} == {"scanner", "microscope"}
+        report = json.loads((models / "amfp-quick.report.json").read_text())
+        assert set(report["f32"]["parts_per_mode"]) <= {"scanner", "microscope"}
+        assert sum(report["f32"]["parts_per_mode"].values()) == report["f32"]["parts"]
+
+
+def test_combine_keeps_every_part_apart_and_reachable(tmp_path):
+    """Two simulations number their parts alike: the combined dataset must not merge them."""
+    for name, mode, px in (("a", "scanner", "10.6"), ("b", "microscope", "5.3")):
+        d = tmp_path / name
+        (d / "scans").mkdir(parents=True)
+        rows = ["file,serial,machine,process,pixel_size_um,mode,split"]
+        for i, split in enumerate(("train", "val", "test")):
+            (d / "scans" / f"X-{i}.png").write_bytes(name.encode())
+            rows.append(f"scans/X-{i}.png,X-{i},X,FDM,{px},{mode},{split}")
+        (d / "labels.csv").write_text("\n".join(rows) + "\n")
+    root = combine(tmp_path / "out", {"scanner": tmp_path / "a", "microscope": tmp_path / "b"})
+    ds = read_dataset(root)
+    assert len(ds.parts) == 6
+    for p in ds.parts:
+        assert p.files[0].read_bytes() == (b"a" if p.mode == "scanner" else b"b")
+        assert p.pixel_size_um == (10.6 if p.mode == "scanner" else 5.3)
+    assert sorted(p.split for p in ds.parts) == ["test", "test", "train", "train", "val", "val"]
+    # run again (a reused simulation): the same dataset, no error from the existing links
+    assert len(read_dataset(combine(tmp_path / "out", {"scanner": tmp_path / "a", "microscope": tmp_path / "b"})).parts) == 6
