@@ -81,6 +81,9 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     device: str = ""  # "", cpu, cuda
     mask: str = "auto"  # auto (mode column / Otsu separability), otsu, full
+    # NHWC activations: oneDNN's CPU convolutions run them faster than NCHW (docs/training.md,
+    # "Training speed"); the weights and the exported graph are the same either way
+    channels_last: bool = True
 
 
 def select_device(pref: str = "") -> str:
@@ -170,6 +173,8 @@ def train(cfg: TrainConfig) -> Path:
     model = build_model(cfg.arch, len(labels), cfg.channels, cfg.pretrained, **kw).to(device)
     gflop = flops_per_roi(model.cpu(), cfg.channels, cfg.roi) / 1e9
     model.to(device)
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
     log.info("model %s: %.2fM params, %.3f GFLOP per ROI", cfg.arch,
              sum(p.numel() for p in model.parameters()) / 1e6, gflop)
 
@@ -202,7 +207,7 @@ def train(cfg: TrainConfig) -> Path:
         losses, correct, seen = [], 0, 0
         for _ in range(cfg.steps):
             x, y = next(batches)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = x.to(device, non_blocking=True, memory_format=layout), y.to(device, non_blocking=True)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)
                 loss = loss_fn(logits.float(), y)
@@ -233,7 +238,7 @@ def train(cfg: TrainConfig) -> Path:
         score = ep.get("val_acc", -ep["loss"])
         if score > best_acc:
             best_acc, best_epoch = score, epoch + 1
-            torch.save({"state_dict": model.state_dict(), "arch": cfg.arch, "model_kw": kw,
+            torch.save({"state_dict": {k: v.contiguous() for k, v in model.state_dict().items()}, "arch": cfg.arch, "model_kw": kw,
                         "meta": meta, "config": asdict(cfg), "epoch": epoch + 1}, ckpt)
         elapsed = (time.time() - t_start) / 60
         if cfg.time_budget_min and elapsed > cfg.time_budget_min and epoch + 1 < cfg.epochs:
@@ -293,6 +298,8 @@ def parse_args(argv=None) -> TrainConfig:
     ap.add_argument("--threads", type=int, default=d.threads)
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--mask", default=d.mask, choices=["auto", "otsu", "full"])
+    ap.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                    help="NCHW activations instead of NHWC (same results, slower on CPU)")
     a = ap.parse_args(argv)
     v = vars(a)
     v["holdout"] = [s for s in a.holdout.split(",") if s]
