@@ -63,13 +63,23 @@ pub struct DeviceSettings {
 }
 
 /// The models that judge each part.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSettings {
     /// The primary model (ONNX). Not set: the bundled reference model (see `model::bundled_model_path`).
     pub path: Option<PathBuf>,
     /// Further models judging the same part (e.g. build tray position); reported as `attributes`.
     pub extra: Vec<PathBuf>,
+    /// Threads per inference call: a batch's ROIs are shared out between them. A daemon judging
+    /// one part at a time can cut its latency with 2 on a multi-core board; `amfp identify
+    /// --threads` judges several parts at once instead (docs/performance.md).
+    pub threads: usize,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        Self { path: None, extra: Vec::new(), threads: 1 }
+    }
 }
 
 /// The camera's optics, as configured or calibrated.
@@ -240,6 +250,7 @@ const ALLOWED: &[(&str, &str)] = &[
     ("device.id", "a non-empty name without / + # or spaces (it becomes part of MQTT topics)"),
     ("model.path", "a path to an ONNX model exported for amfp"),
     ("model.extra", "a list of paths to ONNX models exported for amfp"),
+    ("model.threads", "a whole number of threads per inference call from 1 to 64"),
     ("camera.pixel_um", PIXEL_ALLOWED),
     ("camera.mask", "auto, otsu or full"),
     ("camera.device", "a path to a V4L2 device node, e.g. /dev/video0"),
@@ -366,6 +377,9 @@ impl Settings {
             && (id.is_empty() || id.contains(['/', '+', '#']) || id.chars().any(char::is_whitespace))
         {
             out_of("device.id", format!("{id:?}"));
+        }
+        if !(1..=64).contains(&self.model.threads) {
+            out_of("model.threads", self.model.threads.to_string());
         }
         if self.model.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             out_of("model.path", "an empty path".into());
@@ -1515,6 +1529,21 @@ mod tests {
         );
         let sed = &e.problems()[4];
         assert!(sed.message.contains("did you mean `seed`?"), "{sed}");
+    }
+
+    #[test]
+    fn model_threads_from_file_or_env_within_range() {
+        assert_eq!(Settings::default().model.threads, 1);
+        let l = load_text("[model]\nthreads = 2\n", &[]).unwrap();
+        assert_eq!(l.settings.model.threads, 2);
+        let l = load_text("", &[("AMFP__MODEL__THREADS", "4")]).unwrap();
+        assert_eq!(l.settings.model.threads, 4);
+        for bad in ["0", "65"] {
+            let e = load_text(&format!("[model]\nthreads = {bad}\n"), &[]).unwrap_err();
+            let p = &e.problems()[0];
+            assert_eq!(p.key.as_deref(), Some("model.threads"));
+            assert!(p.message.contains("from 1 to 64"), "{p}");
+        }
     }
 
     #[test]

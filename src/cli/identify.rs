@@ -20,7 +20,7 @@ use crate::config::Settings;
 use crate::identify::{
     IdentifyOptions, Identifier, Inspection, RoiRecord, elapsed_ms, model_paths, resolve_pixel_size,
 };
-use crate::model::Model;
+use crate::model::{LoadOptions, Model};
 use crate::result::{Attribution, ClaimStatus, SourceInfo, Verdict};
 use crate::roi::MaskMode;
 use crate::vote::StopRule;
@@ -132,8 +132,9 @@ pub fn run(settings: &Settings, args: IdentifyArgs) -> ExitCode {
     }
     let paths = model_paths(settings, &args.models);
     let mut models = Vec::with_capacity(paths.len());
+    let load = LoadOptions { threads: settings.model.threads, ..LoadOptions::default() };
     for path in &paths {
-        match Model::load(path, options.batch) {
+        match Model::load_with(path, options.batch, &load) {
             Ok(m) => {
                 log::info!("model {} ({}, {} labels, sha256 {})", m.meta.name, path.display(), m.meta.labels.len(), &m.sha256[..12]);
                 models.push(m);

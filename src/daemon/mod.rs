@@ -42,7 +42,7 @@ use crate::capture::synth::SynthSource;
 use crate::capture::v4l2::V4l2Source;
 use crate::config::Settings;
 use crate::identify::{IdentifyOptions, Identifier, Inspection, model_paths, resolve_pixel_size};
-use crate::model::Model;
+use crate::model::{LoadOptions, Model};
 use crate::publish::{InspectCommand, MqttPublisher};
 use crate::result::Verdict;
 use crate::synth::fleet::Fleet;
@@ -110,8 +110,9 @@ pub async fn run(settings: Settings, options: RunOptions, shutdown: Cancellation
     let identify = IdentifyOptions::from_settings(&settings);
     let device = identify.device.clone();
     let paths = model_paths(&settings, &options.models);
-    let batch = identify.batch;
-    let models = tokio::task::spawn_blocking(move || load_models(&paths, batch)).await.expect("model loading panicked")?;
+    let (batch, threads) = (identify.batch, settings.model.threads);
+    let models =
+        tokio::task::spawn_blocking(move || load_models(&paths, batch, threads)).await.expect("model loading panicked")?;
     if let Some(expect) = &settings.daemon.expect
         && !models[0].meta.labels.contains(expect)
     {
@@ -229,12 +230,13 @@ pub async fn run(settings: Settings, options: RunOptions, shutdown: Cancellation
     captured.map(|()| summary)
 }
 
-/// Loads the models, primary first.
-fn load_models(paths: &[PathBuf], batch: usize) -> Result<Vec<Model>, DaemonError> {
+/// Loads the models, primary first, each running its calls on `threads` threads.
+fn load_models(paths: &[PathBuf], batch: usize, threads: usize) -> Result<Vec<Model>, DaemonError> {
+    let options = LoadOptions { threads, ..LoadOptions::default() };
     paths
         .iter()
         .map(|p| {
-            let m = Model::load(p, batch).map_err(|e| DaemonError::Failed(e.to_string()))?;
+            let m = Model::load_with(p, batch, &options).map_err(|e| DaemonError::Failed(e.to_string()))?;
             log::info!("model {} ({}, {} labels, sha256 {})", m.meta.name, p.display(), m.meta.labels.len(), &m.sha256[..12]);
             Ok(m)
         })
@@ -274,7 +276,7 @@ fn open_source(settings: &Settings, model_path: &Path) -> Result<Box<dyn FrameSo
     })
 }
 
-/// The fleet file shipped beside a model: `models/amfp-synth-v1.int8.onnx` → `models/amfp-synth-v1.fleet.toml`.
+/// The fleet file shipped beside a model: `models/amfp-synth-v2.int8.onnx` → `models/amfp-synth-v2.fleet.toml`.
 pub fn fleet_beside(model: &Path) -> Option<PathBuf> {
     let name = model.file_name()?.to_str()?;
     let stem = name.split('.').next()?;
