@@ -127,7 +127,7 @@ mod tests {
         assert_eq!(trained_at(20.0), "20");
         assert_eq!(trained_at(19.37), "20");
         assert_eq!(trained_at(352.8), "360");
-        assert_eq!(trained_at(3.14), "3.2");
+        assert_eq!(trained_at(3.13), "3.2");
         assert_eq!(trained_at(0.523), "0.53");
     }
 }

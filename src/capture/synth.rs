@@ -55,7 +55,7 @@ impl SynthSource {
             seed: derive(&[self.seed, u64::from(self.round)]),
             parts_per_machine: 1,
             first_build: 1 + self.round % BUILDS,
-            imaging: self.imaging.clone(),
+            imaging: self.imaging,
             jpeg_quality: None,
             split: SplitFractions { train: 0.0, val: 0.0, test: 1.0 },
             layout: Layout::Flat,

@@ -534,7 +534,7 @@ fn query_controls(device: &Device) -> Vec<ControlInfo> {
             9 => "intmenu",
             _ => "other",
         };
-        let label = c_string(&q.name.map(|c| c as u8));
+        let label = c_string(&q.name);
         let mut menu = Vec::new();
         if q.type_ == 3 || q.type_ == 9 {
             for index in q.minimum..=q.maximum.min(q.minimum + 255) {

@@ -249,7 +249,7 @@ pub fn generate(spec: &DatasetSpec, out: &Path, overwrite: bool) -> anyhow::Resu
         let bytes = scan.encode(spec.jpeg_quality).context("encoding image")?;
         write_atomically(&out.join(&plan.record.file), &bytes)?;
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if n % 100 == 0 || n == total {
+        if n.is_multiple_of(100) || n == total {
             log::info!("synth: {n}/{total} parts, {:.1} parts/s", n as f64 / start.elapsed().as_secs_f64());
         }
         Ok(())
