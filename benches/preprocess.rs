@@ -38,6 +38,7 @@ fn part_png(machine: &str, mode: Mode, pixel_um: f64) -> Vec<u8> {
         jpeg_quality: None,
         split: SplitFractions::default(),
         layout: Layout::Flat,
+        views: 1,
     };
     let plan = spec.plan();
     spec.render(&plan[0]).encode(None).expect("encodes")

@@ -42,6 +42,7 @@ fn spec(machines: &[&str], mode: Mode, parts: u32) -> DatasetSpec {
         jpeg_quality: None,
         split: SplitFractions::default(),
         layout: Layout::Flat,
+        views: 1,
     }
 }
 

@@ -82,6 +82,8 @@ struct Args {
 }
 
 type Plan = Arc<TypedRunnableModel>;
+/// One inference call: a batch of ROIs in, its logits out.
+type Runner = Box<dyn Fn(&[f32]) -> TractResult<Vec<f32>> + Sync>;
 
 fn main() -> TractResult<()> {
     let a = Args::parse();
@@ -96,7 +98,7 @@ fn main() -> TractResult<()> {
         Mode::Batches | Mode::Amfp | Mode::Split => a.batch,
     };
     let t0 = Instant::now();
-    let (runner, typed): (Box<dyn Fn(&[f32]) -> TractResult<Vec<f32>> + Sync>, Option<TypedModel>) = if a.mode == Mode::Amfp {
+    let (runner, typed): (Runner, Option<TypedModel>) = if a.mode == Mode::Amfp {
         let model = amfp::model::Model::load_with(&a.model, per_call, &amfp::model::LoadOptions { threads: a.threads, per_roi: !a.batched })
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         (Box::new(move |x: &[f32]| model.logits(x).map_err(|e| anyhow::anyhow!("{e}"))), None)
@@ -130,33 +132,9 @@ fn main() -> TractResult<()> {
             v
         };
         let n = a.rois;
-        let mut logits = Vec::new();
-        if a.mode == Mode::Split && a.threads > 1 {
-            let share = chunks.len().div_ceil(a.threads);
-            let results: Vec<TractResult<Vec<f32>>> = std::thread::scope(|s| {
-                let hs: Vec<_> = chunks
-                    .chunks(share)
-                    .map(|group| {
-                        let (r, pad) = (&runner, &pad);
-                        s.spawn(move || -> TractResult<Vec<f32>> {
-                            let mut v = Vec::new();
-                            for ch in group {
-                                v.extend(r(&pad(ch))?);
-                            }
-                            Ok(v)
-                        })
-                    })
-                    .collect();
-                hs.into_iter().map(|h| h.join().expect("bench thread")).collect()
-            });
-            for r in results {
-                logits.extend(r?);
-            }
-        } else {
-            for ch in &chunks {
-                logits.extend(runner(&pad(ch))?);
-            }
-        }
+        // 1-ROI calls shared between threads exactly as amfp::model::Model shares them.
+        let threads = if a.mode == Mode::Split { a.threads } else { 1 };
+        let logits = amfp::model::run_in_order(&chunks, threads, |ch| runner(&pad(ch)))?;
         let classes = logits.len() / (chunks.len() * per_call);
         // Drop the padding rows of a short last batch.
         let mut out = Vec::with_capacity(n * classes);

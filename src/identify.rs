@@ -18,7 +18,7 @@ use crate::optics::{self, ModelGeometry};
 use crate::reject::{PixelSizeSource, Rejection};
 use crate::result::{
     AttributeResult, Attribution, Candidate, ClaimCheck, ClaimStatus, EnvelopeReport, Judgement, ModelRef, RoiUse,
-    SourceInfo, Timing, Verdict,
+    SourceInfo, Timing, Verdict, ViewReport,
 };
 use crate::roi::{MaskMode, PartSurface};
 use crate::vote::{Ballot, StopRule, Tally, VoteRule};
@@ -128,6 +128,8 @@ pub struct Inspection<'a> {
 pub struct RoiRecord {
     /// Top-left corners (x, y) in the frame at the model's pixel size.
     pub corners: Vec<(u32, u32)>,
+    /// Which frame (index into the views judged) each ROI was cut from: all 0 for one frame.
+    pub views: Vec<u32>,
     /// Normalised model inputs, `corners.len()` x channels x roi x roi.
     pub inputs: Vec<f32>,
     /// SoftMax rows, `corners.len()` x classes.
@@ -144,6 +146,12 @@ pub struct Identifier {
     options: IdentifyOptions,
 }
 
+/// Why a frame cannot be judged by a model, and what is known of its envelope.
+struct Refusal {
+    rejection: Rejection,
+    envelope: Option<EnvelopeReport>,
+}
+
 /// One model's run over a frame (its outcome and costs) before it becomes part of an Attribution.
 struct ModelRun {
     outcome: Result<Tally, Rejection>,
@@ -152,6 +160,8 @@ struct ModelRun {
     preprocess_ms: f64,
     inference_ms: f64,
     record: Option<RoiRecord>,
+    /// Each frame's share of the vote, or why it was left out.
+    views: Vec<ViewReport>,
 }
 
 impl Identifier {
@@ -181,41 +191,50 @@ impl Identifier {
         inspection: &Inspection,
         record: bool,
     ) -> Result<(Attribution, Option<RoiRecord>), InferenceError> {
+        self.identify_views(std::slice::from_ref(inspection), record)
+    }
+
+    /// Judges one part seen in several frames (`views`, at least one): each frame goes through
+    /// the exposure check, the envelope and the part mask on its own; the ROIs are drawn from
+    /// every usable frame in turn (frame 1, 2, 3, 1, 2, 3...) into one vote, so early stopping
+    /// still ends the vote as soon as it is settled. A frame that cannot be used is left out
+    /// and reported under `views`; the part is rejected only when no frame can be used. With
+    /// one frame this is exactly [`Identifier::identify_recorded`]. The claim and the source
+    /// are the first frame's.
+    pub fn identify_views(
+        &self,
+        views: &[Inspection],
+        record: bool,
+    ) -> Result<(Attribution, Option<RoiRecord>), InferenceError> {
+        assert!(!views.is_empty(), "a part needs at least one frame");
         let start = Instant::now();
-        let exposure = optics::check_exposure(inspection.frame);
+        let exposures: Vec<Result<(), Rejection>> = views.iter().map(|v| optics::check_exposure(v.frame)).collect();
         let mut judgements = Vec::with_capacity(self.models.len());
         for (i, model) in self.models.iter().enumerate() {
-            judgements.push(match &exposure {
-                Err(rejection) => ModelRun {
-                    outcome: Err(rejection.clone()),
-                    max_rois: self.max_rois(model),
-                    envelope: None,
-                    preprocess_ms: 0.0,
-                    inference_ms: 0.0,
-                    record: None,
-                },
-                Ok(()) => self.judge(model, inspection, record && i == 0)?,
-            });
+            judgements.push(self.judge(model, views, &exposures, record && i == 0)?);
         }
         let mut judgements = judgements.into_iter();
         let primary = judgements.next().expect("at least one model");
         let elapsed = elapsed_ms(start);
         let others: Vec<ModelRun> = judgements.collect();
+        let capture_ms: f64 = views.iter().map(|v| v.capture_ms).sum();
         let timing = Timing {
-            capture: inspection.capture_ms,
+            capture: capture_ms,
             preprocess: primary.preprocess_ms + others.iter().map(|j| j.preprocess_ms).sum::<f64>(),
             inference: primary.inference_ms + others.iter().map(|j| j.inference_ms).sum::<f64>(),
-            total: inspection.capture_ms + elapsed,
+            total: capture_ms + elapsed,
         };
         let attributes = self.models[1..].iter().zip(&others).map(|(m, j)| self.attribute(m, j)).collect();
         let head = self.attribute(&self.models[0], &primary);
         let model = &self.models[0];
-        let claim = inspection.claim.map(|c| claim_check(model, c, &primary.outcome));
+        let first = &views[0];
+        let claim = first.claim.map(|c| claim_check(model, c, &primary.outcome));
+        let source = primary.views.iter().position(|v| v.reason.is_none()).map_or(&first.source, |i| &views[i].source);
         let attribution = Attribution {
             id: ulid::Ulid::generate().to_string(),
             device: self.options.device.clone(),
             time: jiff::Timestamp::now().round(jiff::Unit::Millisecond).unwrap_or_else(|_| jiff::Timestamp::now()).to_string(),
-            source: inspection.source.clone(),
+            source: source.clone(),
             model: head.model,
             judgement: head.judgement,
             claim,
@@ -224,6 +243,7 @@ impl Identifier {
             reference: None,
             evidence: None,
             attributes,
+            views: if views.len() > 1 { primary.views } else { Vec::new() },
         };
         Ok((attribution, primary.record))
     }
@@ -232,43 +252,77 @@ impl Identifier {
         self.options.rois.unwrap_or(model.meta.votes as usize).max(1)
     }
 
-    /// Envelope, part mask, ROIs and the vote of one model.
-    fn judge(&self, model: &Model, inspection: &Inspection, record: bool) -> Result<ModelRun, InferenceError> {
+    /// One frame made ready for a model: its exposure, the envelope (resampled to the model's
+    /// pixel size) and the part surface to cut ROIs from; or why the frame cannot be judged.
+    fn prepare(
+        &self,
+        model: &Model,
+        inspection: &Inspection,
+        exposure: &Result<(), Rejection>,
+    ) -> Result<(PartSurface, EnvelopeReport), Box<Refusal>> {
+        if let Err(rejection) = exposure {
+            return Err(Box::new(Refusal { rejection: rejection.clone(), envelope: None }));
+        }
+        let meta = &model.meta;
+        let geometry = ModelGeometry { pixel_um: meta.pixel_size_um, roi_px: meta.roi_px };
+        let frame = inspection.frame;
+        let (image, envelope) = optics::fit_to_model(frame, inspection.pixel, &geometry)
+            .map_err(|rejection| Box::new(Refusal { rejection, envelope: Some(refused_envelope(inspection, frame, &geometry)) }))?;
+        let mut report = envelope_report(&envelope);
+        match PartSurface::new(image, meta.roi_px, meta.min_foreground, self.options.mask, self.options.min_surface_rois) {
+            Ok(surface) => Ok((surface, report)),
+            Err(rejection) => {
+                report.ok = false;
+                Err(Box::new(Refusal { rejection, envelope: Some(report) }))
+            }
+        }
+    }
+
+    /// Envelope, part mask, ROIs and the vote of one model over the frames of one part.
+    fn judge(
+        &self,
+        model: &Model,
+        views: &[Inspection],
+        exposures: &[Result<(), Rejection>],
+        record: bool,
+    ) -> Result<ModelRun, InferenceError> {
         let t0 = Instant::now();
         let meta = &model.meta;
         let max_rois = self.max_rois(model);
         let geometry = ModelGeometry { pixel_um: meta.pixel_size_um, roi_px: meta.roi_px };
-        let frame = inspection.frame;
-        let rejected = |rejection: Rejection, envelope: Option<EnvelopeReport>| ModelRun {
-            outcome: Err(rejection),
-            max_rois,
-            envelope,
-            preprocess_ms: elapsed_ms(t0),
-            inference_ms: 0.0,
-            record: None,
+        let mut surfaces = Vec::with_capacity(views.len());
+        let mut view_reports = Vec::with_capacity(views.len());
+        let mut report = None;
+        let mut refusal = None;
+        for (inspection, exposure) in views.iter().zip(exposures) {
+            let reason = match self.prepare(model, inspection, exposure) {
+                Ok((surface, envelope)) => {
+                    surfaces.push((view_reports.len(), surface));
+                    report.get_or_insert(envelope);
+                    None
+                }
+                Err(refused) => {
+                    let reason = refused.rejection.to_string();
+                    refusal.get_or_insert(refused);
+                    Some(reason)
+                }
+            };
+            view_reports.push(ViewReport { source: inspection.source.clone(), rois: 0, reason });
+        }
+        let Some(mut report) = report else {
+            let refused = refusal.expect("no usable frame means a refused one");
+            return Ok(ModelRun {
+                outcome: Err(refused.rejection),
+                max_rois,
+                envelope: refused.envelope,
+                // Frames refused by the exposure check cost nothing here (as before the envelope).
+                preprocess_ms: if exposures.iter().all(|e| e.is_err()) { 0.0 } else { elapsed_ms(t0) },
+                inference_ms: 0.0,
+                record: None,
+                views: view_reports,
+            });
         };
-        let (image, envelope) = match optics::fit_to_model(frame, inspection.pixel, &geometry) {
-            Ok(fit) => fit,
-            Err(rejection) => {
-                let envelope = refused_envelope(inspection, frame, &geometry);
-                return Ok(rejected(rejection, Some(envelope)));
-            }
-        };
-        let mut report = envelope_report(&envelope);
-        let surface = match PartSurface::new(
-            image,
-            meta.roi_px,
-            meta.min_foreground,
-            self.options.mask,
-            self.options.min_surface_rois,
-        ) {
-            Ok(s) => s,
-            Err(rejection) => {
-                report.ok = false;
-                return Ok(rejected(rejection, Some(report)));
-            }
-        };
-        let corners = surface.sample(max_rois, self.options.seed);
+        let order = interleave_rois(&surfaces, max_rois, self.options.seed);
         let roi_len = model.roi_len();
         let classes = meta.labels.len();
         let batch = model.batch();
@@ -283,6 +337,7 @@ impl Identifier {
         let mut input = vec![0.0f32; batch * roi_len];
         let mut rec = record.then(|| RoiRecord {
             corners: Vec::new(),
+            views: Vec::new(),
             inputs: Vec::new(),
             probabilities: Vec::new(),
             roi_shape: [meta.channels as usize, meta.roi_px as usize, meta.roi_px as usize],
@@ -290,12 +345,12 @@ impl Identifier {
         });
         let mut preprocess_ms = elapsed_ms(t0);
         let mut inference_ms = 0.0;
-        for chunk in corners.chunks(batch) {
+        for chunk in order.chunks(batch) {
             let t = Instant::now();
             for (k, slot) in input.chunks_mut(roi_len).enumerate() {
                 // A short last batch is padded with its first ROI; the padding's outputs are dropped.
-                let corner = chunk.get(k).copied().unwrap_or(chunk[0]);
-                surface.write_roi(corner, meta.mean, meta.std, meta.channels as usize, slot);
+                let (s, corner) = chunk.get(k).copied().unwrap_or(chunk[0]);
+                surfaces[s].1.write_roi(corner, meta.mean, meta.std, meta.channels as usize, slot);
             }
             preprocess_ms += elapsed_ms(t);
             let t = Instant::now();
@@ -303,8 +358,12 @@ impl Identifier {
             inference_ms += elapsed_ms(t);
             for (k, row) in probs.chunks(classes).take(chunk.len()).enumerate() {
                 ballot.add(row);
+                let (s, corner) = chunk[k];
+                let view = surfaces[s].0;
+                view_reports[view].rois += 1;
                 if let Some(r) = rec.as_mut() {
-                    r.corners.push(chunk[k]);
+                    r.corners.push(corner);
+                    r.views.push(view as u32);
                     r.inputs.extend_from_slice(&input[k * roi_len..(k + 1) * roi_len]);
                     r.probabilities.extend_from_slice(row);
                 }
@@ -327,6 +386,7 @@ impl Identifier {
             preprocess_ms,
             inference_ms,
             record: rec,
+            views: view_reports,
         })
     }
 
@@ -413,6 +473,24 @@ fn claim_check(model: &Model, claim: &str, outcome: &Result<Tally, Rejection>) -
         ClaimStatus::Unconfirmed => Some(!known_label),
     };
     ClaimCheck { label: claim.to_string(), consistent, status, known_label, score }
+}
+
+/// The order in which ROIs are voted over the usable frames of one part: `(index into
+/// surfaces, corner)`, one ROI from each frame in turn, `max_rois` in all. Each frame's corners
+/// are drawn with their own seed (the first frame's is `seed` itself, so one frame draws what
+/// it always drew).
+fn interleave_rois(surfaces: &[(usize, PartSurface)], max_rois: usize, seed: u64) -> Vec<(usize, (u32, u32))> {
+    let per_frame = max_rois.div_ceil(surfaces.len().max(1));
+    let drawn: Vec<Vec<(u32, u32)>> = surfaces.iter().map(|(view, s)| s.sample(per_frame, view_seed(seed, *view))).collect();
+    (0..per_frame)
+        .flat_map(|k| drawn.iter().enumerate().map(move |(s, corners)| (s, corners[k])))
+        .take(max_rois)
+        .collect()
+}
+
+/// The ROI seed of frame `view` of a part: `seed` for the first, a different one for each other.
+fn view_seed(seed: u64, view: usize) -> u64 {
+    seed.wrapping_add((view as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 fn envelope_report(e: &optics::Envelope) -> EnvelopeReport {

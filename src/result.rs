@@ -186,4 +186,21 @@ pub struct Attribution {
     /// The other models' judgements (e.g. build tray position), when several models are loaded.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub attributes: Vec<AttributeResult>,
+    /// The frames of a part judged from several (`amfp identify --same-part`), in the order
+    /// given; absent for a part seen in one frame. `source` and `envelope` are the first used
+    /// frame's.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub views: Vec<ViewReport>,
+}
+
+/// One frame of a part seen in several: a USB microscope shows a few millimetres of a part, so
+/// an inspector images it in several places and amfp votes over the ROIs of all of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewReport {
+    pub source: SourceInfo,
+    /// ROIs of the primary model's vote cut from this frame.
+    pub rois: usize,
+    /// Why the frame was left out of the vote (too dark, no part in view...), absent when used.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
 }

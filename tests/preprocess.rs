@@ -127,6 +127,7 @@ fn spec(mode: Mode, machines: &[&str], parts: u32, bit_depth: u8) -> DatasetSpec
         jpeg_quality: None,
         split: SplitFractions::default(),
         layout: Layout::Flat,
+        views: 1,
     }
 }
 

@@ -436,6 +436,7 @@ fn spec_for(
         jpeg_quality: None,
         split: SplitFractions::default(),
         layout: Layout::Flat,
+        views: 1,
     }
 }
 

@@ -59,6 +59,7 @@ impl SynthSource {
             jpeg_quality: None,
             split: SplitFractions { train: 0.0, val: 0.0, test: 1.0 },
             layout: Layout::Flat,
+            views: 1,
         };
         let mut plans = spec.plan();
         plans.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(derive(&[self.seed, u64::from(self.round), 1])));

@@ -1,7 +1,8 @@
 //! `amfp identify IMAGE...`: judge parts from image files, for inspectors and scripts.
 //!
 //! Prints one block per image for people, or with `--json` one Attribution per line for
-//! machines. Images are judged in parallel (`--threads`) and printed in the order given.
+//! machines. Images are judged in parallel (`--threads`) and printed in the order given;
+//! with `--same-part` they are frames of one part, judged together in one vote.
 //! The exit status says the worst outcome over all images (see [`Outcome`]).
 
 use std::collections::BTreeMap;
@@ -60,6 +61,10 @@ pub struct IdentifyArgs {
     /// How the part is found (default: camera.mask).
     #[arg(long, value_enum, value_name = "MODE")]
     pub mask: Option<MaskMode>,
+    /// The images are frames of one part (a USB microscope moved over it): one vote over the
+    /// ROIs of all of them, one verdict. Frames that cannot be used are left out and named.
+    #[arg(long, conflicts_with = "camera")]
+    pub same_part: bool,
     /// Images judged at once (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
@@ -162,6 +167,9 @@ pub fn run(settings: &Settings, args: IdentifyArgs) -> ExitCode {
     let identifier = Identifier::new(models, options);
     if let Some(device) = &args.camera {
         return ExitCode::from(judge_camera(&identifier, settings, &args, Path::new(device)).exit_code());
+    }
+    if args.same_part {
+        return ExitCode::from(judge_part(&identifier, settings, &args).exit_code());
     }
     let threads = args
         .threads
@@ -298,12 +306,60 @@ fn judge_one(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs, 
     Ok(attribution)
 }
 
-/// Writes a RoiRecord as three .npy files.
+/// Reads every image as a frame of one part and judges them together (`--same-part`).
+fn judge_part(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs) -> Outcome {
+    let mut frames = Vec::with_capacity(args.images.len());
+    for path in &args.images {
+        let t0 = Instant::now();
+        match read_frame(path) {
+            Ok(frame) => frames.push((path, frame, elapsed_ms(t0))),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Outcome::Error;
+            }
+        }
+    }
+    let views: Vec<Inspection> = frames
+        .iter()
+        .map(|(path, frame, ms)| Inspection {
+            pixel: resolve_pixel_size(args.pixel_um, frame, settings.camera.pixel_um),
+            frame,
+            source: SourceInfo { kind: "file".into(), name: path.display().to_string(), frame: None },
+            claim: args.claim.as_deref(),
+            capture_ms: *ms,
+        })
+        .collect();
+    let first = &args.images[0];
+    let (attribution, record) = match identifier.identify_views(&views, args.save_rois.is_some()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {}: {e}", first.display());
+            return Outcome::Error;
+        }
+    };
+    if let (Some(dir), Some(record)) = (&args.save_rois, record) {
+        let stem = first.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+        if let Err(e) = save_rois(dir, &stem, &record) {
+            eprintln!("error: cannot write ROIs of {} into {}: {e}", first.display(), dir.display());
+            return Outcome::Error;
+        }
+    }
+    let text = if args.json { json_line(&attribution) } else { table(first, &attribution) };
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (e.g. `| head`) is not an error of the inspection.
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+    Outcome::of(&attribution)
+}
+
+/// Writes a RoiRecord as three .npy files (four when the ROIs come from several frames).
 fn save_rois(dir: &Path, stem: &str, r: &RoiRecord) -> std::io::Result<()> {
     let n = r.corners.len() as u64;
     let [c, h, w] = r.roi_shape.map(|d| d as u64);
     write_npy(&dir.join(format!("{stem}.rois.npy")), &r.inputs, &[n, c, h, w])?;
     write_npy(&dir.join(format!("{stem}.probs.npy")), &r.probabilities, &[n, r.classes as u64])?;
+    if r.views.iter().any(|&v| v != 0) {
+        write_npy(&dir.join(format!("{stem}.views.npy")), &r.views, &[n])?;
+    }
     let corners: Vec<u32> = r.corners.iter().flat_map(|&(x, y)| [x, y]).collect();
     write_npy(&dir.join(format!("{stem}.corners.npy")), &corners, &[n, 2])
 }
@@ -325,7 +381,10 @@ fn json_line(a: &Attribution) -> String {
 
 /// The block printed for people.
 fn table(path: &Path, a: &Attribution) -> String {
-    let mut s = format!("{}\n", path.display());
+    let mut s = match a.views.len() {
+        0 | 1 => format!("{}\n", path.display()),
+        n => format!("{} and {} more frames of the same part\n", path.display(), n - 1),
+    };
     let mut row = |key: &str, value: String| {
         let _ = writeln!(s, "  {key:<10} {value}");
     };
@@ -373,6 +432,13 @@ fn table(path: &Path, a: &Attribution) -> String {
             "envelope",
             format!("{camera} -> model {:.2} µm/px, sample {:.2} mm{view}{}", e.model_pixel_um, e.sample_mm, if e.ok { "" } else { ", OUT" }),
         );
+    }
+    for (i, v) in a.views.iter().enumerate() {
+        let what = match &v.reason {
+            None => format!("{}: {} ROIs", v.source.name, v.rois),
+            Some(reason) => format!("{}: LEFT OUT: {reason}", v.source.name),
+        };
+        row(if i == 0 { "frames" } else { "" }, what);
     }
     row("model", format!("{} ({}, sha256 {})", a.model.name, a.model.task, &a.model.sha256[..12.min(a.model.sha256.len())]));
     let t = a.timing_ms;

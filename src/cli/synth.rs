@@ -40,6 +40,11 @@ pub struct SynthArgs {
     /// Pixel size in µm (default: the configuration's for the mode; 10.6 scanner, 3.0 microscope).
     #[arg(long, value_name = "UM")]
     pub pixel_um: Option<f64>,
+    /// Frames of each part, each from another place on it and another angle (microscope mode):
+    /// what an inspector moving a USB microscope over a part collects for `amfp identify
+    /// --same-part`. View 0 is in labels.csv as usual; views.csv lists every frame.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub views: u32,
     /// Microscope frame size in pixels.
     #[arg(long, default_value = "1280x960", value_parser = parse_size, value_name = "WxH")]
     pub microscope_size: (usize, usize),
@@ -116,6 +121,7 @@ fn synth(defaults: &SynthSettings, args: SynthArgs) -> anyhow::Result<()> {
         jpeg_quality: args.jpeg_quality,
         split: args.split,
         layout: args.layout,
+        views: args.views,
     };
     let threads = args.threads.unwrap_or(defaults.threads);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("starting worker threads")?;

@@ -193,35 +193,7 @@ impl Model {
             Ok(view.iter().copied().collect())
         };
         let calls: Vec<&[f32]> = input.chunks(self.plan_batch * self.roi_len()).collect();
-        let mut logits = Vec::with_capacity(self.batch * self.meta.labels.len());
-        if self.threads > 1 && calls.len() > 1 {
-            // Contiguous shares, one per thread, joined in order: the rows stay in ROI order.
-            let share = calls.len().div_ceil(self.threads);
-            let parts: Vec<Result<Vec<f32>, InferenceError>> = std::thread::scope(|s| {
-                let handles: Vec<_> = calls
-                    .chunks(share)
-                    .map(|group| {
-                        let call = &call;
-                        s.spawn(move || -> Result<Vec<f32>, InferenceError> {
-                            let mut v = Vec::new();
-                            for x in group {
-                                v.extend(call(x)?);
-                            }
-                            Ok(v)
-                        })
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().expect("inference thread panicked")).collect()
-            });
-            for part in parts {
-                logits.extend(part?);
-            }
-        } else {
-            for x in calls {
-                logits.extend(call(x)?);
-            }
-        }
-        Ok(logits)
+        run_in_order(&calls, self.threads, |x| call(x))
     }
 
     /// Runs one batch and turns each row of logits into probabilities (SoftMax).
@@ -232,6 +204,45 @@ impl Model {
         }
         Ok(p)
     }
+}
+
+/// Runs `call` on every item and concatenates the results in item order, sharing the items
+/// between up to `threads` scoped threads in contiguous shares (one thread: in turn, here).
+/// How a batch's per-ROI calls use several cores against one tract plan (`model.threads`);
+/// the benchmark (examples/tract_bench.rs) times the same sharing on plain tract plans.
+pub fn run_in_order<I: Sync, T: Send, E: Send>(
+    items: &[I],
+    threads: usize,
+    call: impl Fn(&I) -> Result<Vec<T>, E> + Sync,
+) -> Result<Vec<T>, E> {
+    let mut out = Vec::new();
+    if threads <= 1 || items.len() <= 1 {
+        for x in items {
+            out.extend(call(x)?);
+        }
+        return Ok(out);
+    }
+    let share = items.len().div_ceil(threads);
+    let parts: Vec<Result<Vec<T>, E>> = std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(share)
+            .map(|group| {
+                let call = &call;
+                s.spawn(move || -> Result<Vec<T>, E> {
+                    let mut v = Vec::new();
+                    for x in group {
+                        v.extend(call(x)?);
+                    }
+                    Ok(v)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("inference thread panicked")).collect()
+    });
+    for part in parts {
+        out.extend(part?);
+    }
+    Ok(out)
 }
 
 /// Numerically stable SoftMax of one row of logits.
@@ -332,6 +343,22 @@ fn check_signature(graph: &pb::GraphProto, meta: &ModelMetadata) -> Result<Signa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Results come back in item order whatever the thread count, and an error from any
+    /// share is returned.
+    #[test]
+    fn run_in_order_keeps_the_order_and_returns_errors() {
+        let items: Vec<u32> = (0..11).collect();
+        let twice = |x: &u32| -> Result<Vec<u32>, String> { Ok(vec![*x, *x]) };
+        let want: Vec<u32> = items.iter().flat_map(|&x| [x, x]).collect();
+        for threads in [0, 1, 2, 3, 4, 16] {
+            assert_eq!(run_in_order(&items, threads, twice).unwrap(), want, "{threads} threads");
+        }
+        let fails_at_7 = |x: &u32| if *x == 7 { Err(format!("item {x}")) } else { Ok(vec![*x]) };
+        for threads in [1, 2, 3] {
+            assert_eq!(run_in_order(&items, threads, fails_at_7), Err("item 7".to_string()));
+        }
+    }
 
     #[test]
     fn softmax_sums_to_one_and_survives_large_logits() {

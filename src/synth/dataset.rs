@@ -84,6 +84,21 @@ pub struct DatasetSpec {
     pub jpeg_quality: Option<u8>,
     pub split: SplitFractions,
     pub layout: Layout,
+    /// Frames of each part (1: one). More than one images each part again from another place
+    /// and angle, as an inspector moving a USB microscope over it would (microscope mode only):
+    /// view 0 is the file in labels.csv, every view is listed in views.csv.
+    pub views: u32,
+}
+
+/// One row of views.csv: one frame of a part seen in several views (`amfp synth --views`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ViewRecord {
+    /// Image path relative to the dataset directory.
+    pub file: String,
+    /// The part's serial, as in labels.csv.
+    pub serial: String,
+    /// 0 for the file labels.csv names, then 1, 2...
+    pub view: u32,
 }
 
 /// One row of labels.csv: everything known about one part and its image.
@@ -188,12 +203,28 @@ impl DatasetSpec {
         }
     }
 
-    /// Images one planned part.
+    /// Images one planned part (its first view).
     pub fn render(&self, plan: &PartPlan) -> Scan {
+        self.render_view(plan, 0)
+    }
+
+    /// Images view `view` of a planned part: the same part (machine, design, material, build,
+    /// tray position), framed from another place and angle with its own light and noise.
+    pub fn render_view(&self, plan: &PartPlan, view: u32) -> Scan {
         let machine = &self.fleet.machines[plan.machine];
         let material = presets::material(&plan.record.material).expect("fleet materials were validated");
-        let mut rng = rng_for(&[plan.context.seed, name_hash("imaging")]);
+        let mut rng = match view {
+            0 => rng_for(&[plan.context.seed, name_hash("imaging")]),
+            v => rng_for(&[plan.context.seed, name_hash("imaging"), u64::from(v)]),
+        };
         capture(&machine.params, material, plan.design, &plan.context, &self.imaging, &mut rng)
+    }
+
+    /// Every frame of a planned part, view 0 first (see [`DatasetSpec::views`]).
+    pub fn view_records(&self, plan: &PartPlan) -> Vec<ViewRecord> {
+        (0..self.views.max(1))
+            .map(|view| ViewRecord { file: view_file(&plan.record.file, view), serial: plan.record.serial.clone(), view })
+            .collect()
     }
 
     /// Checks the spec for combinations that cannot work.
@@ -214,6 +245,12 @@ impl DatasetSpec {
             && !(1..=100).contains(&q)
         {
             bail!("--jpeg-quality {q} must be 1..=100");
+        }
+        if self.views == 0 || self.views > 64 {
+            bail!("--views {} must be 1..=64", self.views);
+        }
+        if self.views > 1 && self.imaging.mode != super::imaging::Mode::Microscope {
+            bail!("--views {} needs --mode microscope: a scanner images the whole part at once", self.views);
         }
         let (w, h) = self.imaging.microscope_px;
         if !(16..=8192).contains(&w) || !(16..=8192).contains(&h) {
@@ -245,9 +282,11 @@ pub fn generate(spec: &DatasetSpec, out: &Path, overwrite: bool) -> anyhow::Resu
     let done = std::sync::atomic::AtomicUsize::new(0);
     let total = plans.len();
     plans.par_iter().try_for_each(|plan| -> anyhow::Result<()> {
-        let scan = spec.render(plan);
-        let bytes = scan.encode(spec.jpeg_quality).context("encoding image")?;
-        write_atomically(&out.join(&plan.record.file), &bytes)?;
+        for view in spec.view_records(plan) {
+            let scan = spec.render_view(plan, view.view);
+            let bytes = scan.encode(spec.jpeg_quality).context("encoding image")?;
+            write_atomically(&out.join(&view.file), &bytes)?;
+        }
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if n.is_multiple_of(100) || n == total {
             log::info!("synth: {n}/{total} parts, {:.1} parts/s", n as f64 / start.elapsed().as_secs_f64());
@@ -255,12 +294,31 @@ pub fn generate(spec: &DatasetSpec, out: &Path, overwrite: bool) -> anyhow::Resu
         Ok(())
     })?;
     write_atomically(&out.join("fleet.toml"), spec.fleet.to_toml().as_bytes())?;
+    if spec.views > 1 {
+        let mut csv = csv::Writer::from_writer(Vec::new());
+        for record in plans.iter().flat_map(|plan| spec.view_records(plan)) {
+            csv.serialize(&record)?;
+        }
+        write_atomically(&out.join("views.csv"), &csv.into_inner().context("writing views")?)?;
+    }
     let mut csv = csv::Writer::from_writer(Vec::new());
     for plan in &plans {
         csv.serialize(&plan.record)?;
     }
     write_atomically(&labels_path, &csv.into_inner().context("writing labels")?)?;
     Ok(Summary { parts: total, seconds: start.elapsed().as_secs_f64(), labels: labels_path })
+}
+
+/// The file of view `view` of a part whose first view is `file`: `scans/X.png`, then
+/// `scans/X.view1.png`, `scans/X.view2.png`...
+fn view_file(file: &str, view: u32) -> String {
+    if view == 0 {
+        return file.to_string();
+    }
+    match file.rsplit_once('.') {
+        Some((stem, ext)) => format!("{stem}.view{view}.{ext}"),
+        None => format!("{file}.view{view}"),
+    }
 }
 
 /// Writes a file through a temporary name and a rename, so no reader sees half a file.
@@ -285,5 +343,12 @@ mod tests {
         assert!(SplitFractions::parse("0.7,0.2").is_err());
         assert!(SplitFractions::parse("0.7,0.2,0.2").is_err());
         assert!(SplitFractions::parse("a,b,c").is_err());
+    }
+
+    #[test]
+    fn view_files_keep_the_first_view_and_extension() {
+        assert_eq!(view_file("scans/M2-1-00003.png", 0), "scans/M2-1-00003.png");
+        assert_eq!(view_file("scans/M2-1-00003.png", 2), "scans/M2-1-00003.view2.png");
+        assert_eq!(view_file("test/M2-1/M2-1-00003.jpg", 1), "test/M2-1/M2-1-00003.view1.jpg");
     }
 }

@@ -17,7 +17,7 @@ pub mod presets;
 pub mod process;
 pub mod seeds;
 
-pub use dataset::{DatasetSpec, Layout, PartRecord, SplitFractions, generate};
+pub use dataset::{DatasetSpec, Layout, PartRecord, SplitFractions, ViewRecord, generate};
 pub use fleet::{Fleet, FleetError, Machine};
 pub use imaging::{ImagingSpec, Mode, Scan};
 pub use process::Process;
