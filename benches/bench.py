@@ -333,6 +333,14 @@ def build_candidate(name):
     from amfp_train.models import EdgeNet
 
     m = EdgeNet(21, 1, list(p["widths"]), list(p["depths"]), pool="avgstd", stem_stride=p["stem"])
+    # Random BatchNorm statistics, so that every folded bias is its own tensor: fresh BN layers
+    # fold to all-zero biases, which the exporter shares between convs of one width, and
+    # onnxruntime's QOperator quantizer cannot quantize a bias it has already replaced.
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.normal_(0.0, 0.1)
+                mod.bias.normal_(0.0, 0.1)
     m.eval()
     m.fuse()
     return m, (1, p["roi"], p["roi"])

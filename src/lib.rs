@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod envelope_plot;
 pub mod identify;
 pub mod logging;
+pub mod memory;
 pub mod model;
 pub mod optics;
 pub mod publish;
