@@ -6,8 +6,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // Before any thread exists: large frame buffers go back to the kernel once freed.
-    amfp::memory::tune_allocator();
     let cli = amfp::cli::Cli::parse();
     amfp::cli::run(cli)
 }

@@ -70,6 +70,9 @@ pub fn run(settings: &Settings, args: RunArgs) -> ExitCode {
         }
         return ExitCode::from(EXIT_INVALID);
     }
+    // A long-running service: frame buffers go back to the kernel once freed (before any
+    // worker thread exists; see amfp::memory).
+    crate::memory::tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
