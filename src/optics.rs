@@ -130,21 +130,60 @@ struct Levels {
     count: usize,
 }
 
+const _: () = assert!(Levels::BINS.is_power_of_two());
+
 impl Levels {
+    /// A power of two: bin indices are masked with `BINS - 1`.
     const BINS: usize = 4096;
 
     fn of(px: &[f32]) -> Self {
-        let mut hist = vec![0u32; Self::BINS];
-        let (mut min, mut max, mut saturated) = (f32::INFINITY, f32::NEG_INFINITY, 0usize);
+        // The range and the clipped count in eight independent lanes (vector min, max and
+        // compare), the histogram in four sub-histograms (pixel i counts into i % 4, summed at
+        // the end), so that neighbouring pixels of one level do not wait on each other's
+        // increment. The same counts as a plain loop, about twice as fast.
+        const LANES: usize = 8;
+        const SUBS: usize = 4;
         let top = (Self::BINS - 1) as f32;
-        for &v in px {
-            min = min.min(v);
-            max = max.max(v);
-            saturated += usize::from(v >= SATURATED_LEVEL);
-            // Clamped to [0, 1] first, so the index is in 0..BINS (NaN maps to 0).
-            hist[(v.clamp(0.0, 1.0) * top) as usize] += 1;
+        // The bin of v clamped to [0, 1] (NaN: f32::max returns 0.0, bin 0). Clamping after the
+        // scaling and masking the index leave no check or saturating conversion in the loop.
+        let bin = |v: f32| ((v * top).max(0.0).min(top) as u32 as usize) & (Self::BINS - 1);
+        let mut sub = vec![[0u32; Self::BINS]; SUBS];
+        let (mut lo, mut hi, mut clipped) = ([f32::INFINITY; LANES], [f32::NEG_INFINITY; LANES], [0usize; LANES]);
+        let chunks = px.chunks_exact(LANES);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for k in 0..LANES {
+                lo[k] = lo[k].min(c[k]);
+                hi[k] = hi[k].max(c[k]);
+                clipped[k] += usize::from(c[k] >= SATURATED_LEVEL);
+            }
+            let mut idx = [0usize; LANES];
+            for (i, &v) in idx.iter_mut().zip(c) {
+                *i = bin(v);
+            }
+            for (k, &i) in idx.iter().enumerate() {
+                sub[k % SUBS][i] += 1;
+            }
         }
-        Self { min, max, saturated, hist, count: px.len() }
+        for (k, &v) in rest.iter().enumerate() {
+            lo[k] = lo[k].min(v);
+            hi[k] = hi[k].max(v);
+            clipped[k] += usize::from(v >= SATURATED_LEVEL);
+            sub[k % SUBS][bin(v)] += 1;
+        }
+        let mut hist = vec![0u32; Self::BINS];
+        for s in &sub {
+            for (h, &c) in hist.iter_mut().zip(s) {
+                *h += c;
+            }
+        }
+        Self {
+            min: lo.iter().copied().fold(f32::INFINITY, f32::min),
+            max: hi.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            saturated: clipped.iter().sum(),
+            hist,
+            count: px.len(),
+        }
     }
 
     /// The `q`-quantile of the values (the value at rank floor(q * (n - 1))), to 1/4096 of full
@@ -315,6 +354,33 @@ fn box_resize(pixels: &[f32], width: u32, height: u32, w: u32, h: u32) -> Vec<f3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lane-split pass counts exactly what one plain loop over the pixels counts, for
+    /// lengths that are and are not a multiple of the lanes, NaN and values outside [0, 1].
+    #[test]
+    fn levels_match_a_plain_loop() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for n in [0usize, 1, 7, 8, 9, 31, 1000, 4099] {
+            let mut px: Vec<f32> = (0..n).map(|_| rng.random_range(-0.1f32..1.1)).collect();
+            if n > 3 {
+                px[n / 2] = f32::NAN;
+                px[1] = 1.0;
+            }
+            let top = (Levels::BINS - 1) as f32;
+            let mut hist = vec![0u32; Levels::BINS];
+            let (mut min, mut max, mut saturated) = (f32::INFINITY, f32::NEG_INFINITY, 0usize);
+            for &v in &px {
+                min = min.min(v);
+                max = max.max(v);
+                saturated += usize::from(v >= SATURATED_LEVEL);
+                hist[(v.clamp(0.0, 1.0) * top) as usize] += 1;
+            }
+            let l = Levels::of(&px);
+            assert_eq!((l.min.to_bits(), l.max.to_bits(), l.saturated, l.count), (min.to_bits(), max.to_bits(), saturated, n), "n = {n}");
+            assert_eq!(l.hist, hist, "n = {n}");
+        }
+    }
 
     #[test]
     fn percentile_of_a_ramp() {
