@@ -168,32 +168,31 @@ pub fn run(settings: &Settings, args: IdentifyArgs) -> ExitCode {
     if let Some(device) = &args.camera {
         return ExitCode::from(judge_camera(&identifier, settings, &args, Path::new(device)).exit_code());
     }
-    if args.same_part {
-        return ExitCode::from(judge_part(&identifier, settings, &args).exit_code());
-    }
     let threads = args
         .threads
         .map(usize::from)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
-        .min(args.images.len());
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let worst = judge_all(&identifier, settings, &args, threads);
     ExitCode::from(worst.exit_code())
 }
 
-/// Judges every image on `threads` workers and prints the results in the order given.
+/// Judges every part on up to `threads` workers and prints the results in the order given: each
+/// image is a part, or with `--same-part` all of them are frames of one.
 fn judge_all(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs, threads: usize) -> Outcome {
+    let parts: Vec<&[PathBuf]> = if args.same_part { vec![&args.images[..]] } else { args.images.chunks(1).collect() };
+    let threads = threads.min(parts.len());
     let next = AtomicUsize::new(0);
     let (tx, rx) = mpsc::channel::<(usize, Result<Attribution, String>)>();
     let mut worst = Outcome::Identified;
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let tx = tx.clone();
-            let next = &next;
+            let (next, parts) = (&next, &parts);
             scope.spawn(move || {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(path) = args.images.get(i) else { break };
-                    if tx.send((i, judge_one(identifier, settings, args, path))).is_err() {
+                    let Some(frames) = parts.get(i) else { break };
+                    if tx.send((i, judge_one(identifier, settings, args, frames))).is_err() {
                         break;
                     }
                 }
@@ -206,7 +205,7 @@ fn judge_all(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs, 
         for (i, result) in rx {
             pending.insert(i, result);
             while let Some(result) = pending.remove(&printed) {
-                let path = &args.images[printed];
+                let path = &parts[printed][0];
                 printed += 1;
                 let outcome = match result {
                     Ok(a) => {
@@ -285,39 +284,15 @@ fn judge_camera(identifier: &Identifier, settings: &Settings, args: &IdentifyArg
     }
 }
 
-/// Reads and judges one image; an Err is a message naming the file.
-fn judge_one(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs, path: &Path) -> Result<Attribution, String> {
-    let t0 = Instant::now();
-    let frame = read_frame(path).map_err(|e| e.to_string())?;
-    let inspection = Inspection {
-        pixel: resolve_pixel_size(args.pixel_um, &frame, settings.camera.pixel_um),
-        frame: &frame,
-        source: SourceInfo { kind: "file".into(), name: path.display().to_string(), frame: None },
-        claim: args.claim.as_deref(),
-        capture_ms: elapsed_ms(t0),
-    };
-    let (attribution, record) = identifier
-        .identify_recorded(&inspection, args.save_rois.is_some())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if let (Some(dir), Some(record)) = (&args.save_rois, record) {
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-        save_rois(dir, &stem, &record).map_err(|e| format!("cannot write ROIs of {} into {}: {e}", path.display(), dir.display()))?;
-    }
-    Ok(attribution)
-}
-
-/// Reads every image as a frame of one part and judges them together (`--same-part`).
-fn judge_part(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs) -> Outcome {
-    let mut frames = Vec::with_capacity(args.images.len());
-    for path in &args.images {
+/// Reads and judges one part from its frames (one image, or all of them with `--same-part`);
+/// an Err is a message naming the file. A frame that cannot be read stops the part: nothing is
+/// judged on part of the evidence.
+fn judge_one(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs, paths: &[PathBuf]) -> Result<Attribution, String> {
+    let mut frames = Vec::with_capacity(paths.len());
+    for path in paths {
         let t0 = Instant::now();
-        match read_frame(path) {
-            Ok(frame) => frames.push((path, frame, elapsed_ms(t0))),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Outcome::Error;
-            }
-        }
+        let frame = read_frame(path).map_err(|e| e.to_string())?;
+        frames.push((path, frame, elapsed_ms(t0)));
     }
     let views: Vec<Inspection> = frames
         .iter()
@@ -329,26 +304,15 @@ fn judge_part(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs)
             capture_ms: *ms,
         })
         .collect();
-    let first = &args.images[0];
-    let (attribution, record) = match identifier.identify_views(&views, args.save_rois.is_some()) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {}: {e}", first.display());
-            return Outcome::Error;
-        }
-    };
+    let path = &paths[0];
+    let (attribution, record) = identifier
+        .identify_views(&views, args.save_rois.is_some())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     if let (Some(dir), Some(record)) = (&args.save_rois, record) {
-        let stem = first.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-        if let Err(e) = save_rois(dir, &stem, &record) {
-            eprintln!("error: cannot write ROIs of {} into {}: {e}", first.display(), dir.display());
-            return Outcome::Error;
-        }
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+        save_rois(dir, &stem, &record).map_err(|e| format!("cannot write ROIs of {} into {}: {e}", path.display(), dir.display()))?;
     }
-    let text = if args.json { json_line(&attribution) } else { table(first, &attribution) };
-    let mut out = std::io::stdout().lock();
-    // A closed stdout (e.g. `| head`) is not an error of the inspection.
-    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
-    Outcome::of(&attribution)
+    Ok(attribution)
 }
 
 /// Writes a RoiRecord as three .npy files (four when the ROIs come from several frames).
