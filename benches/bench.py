@@ -45,8 +45,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = {"f32": REPO / "models" / "amfp-synth-v2.onnx", "int8": REPO / "models" / "amfp-synth-v2.int8.onnx"}
-FLEET = REPO / "models" / "amfp-synth-v2.fleet.toml"
+MODELS = {"f32": REPO / "models" / "amfp-synth-v3.onnx", "int8": REPO / "models" / "amfp-synth-v3.int8.onnx"}
+FLEET = REPO / "models" / "amfp-synth-v3.fleet.toml"
 EMPTY_CONFIG = REPO / "tests" / "data" / "empty.toml"
 BEGIN, END = "<!-- bench.py:begin -->", "<!-- bench.py:end -->"
 SEED = 8
@@ -736,7 +736,7 @@ def render(res, a) -> str:
              f"Commit {m['commit']}{' + uncommitted changes' if m['dirty'] else ''}, cargo profile `{m['profile']}`, "
              f"fixed seed {SEED}; {res['elapsed_s'] / 60:.1f} min in all.")
     g16 = res["flops_16"]["f32"]
-    L.append(f"- Shipped model amfp-synth-v2: {g16 / 1e9:.2f} GFLOP per 16-ROI vote (Conv/Gemm counted from the ONNX graph, "
+    L.append(f"- Shipped model amfp-synth-v3: {g16 / 1e9:.2f} GFLOP per 16-ROI vote (Conv/Gemm counted from the ONNX graph, "
              "2 FLOP per multiply-add); the same 16 ROIs (one simulated part, as `amfp identify --save-rois` cut them) for every engine.")
     L.append("")
     L.append("### Model only: 16 ROIs of the shipped model")
@@ -779,7 +779,7 @@ def render(res, a) -> str:
                          and r["threads"] == 1), None)
         L.append("### int8 in tract: formats (shipped f32 model re-quantized, 16 ROIs, 1 thread)")
         L.append("")
-        L.append(f"Each format made by `onnxruntime.quantization.quantize_static` from `models/amfp-synth-v2.onnx`, calibrated on "
+        L.append(f"Each format made by `onnxruntime.quantization.quantize_static` from `models/amfp-synth-v3.onnx`, calibrated on "
                  f"the benchmark's own {res['int8_formats'][0]['calibration_rois']} ROIs (speed only: the shipped int8 model is "
                  "calibrated on training ROIs). Agreement = same argmax as the f32 model (onnxruntime) on those ROIs. "
                  "tract through `amfp::model::Model`, per-ROI plan (default) or batch-4 plan.")
@@ -809,7 +809,7 @@ def render(res, a) -> str:
     L.append("")
     nparts = res["e2e"][0]["parts"] if res["e2e"] else 0
     L.append(f"`amfp identify --json --threads N --early-stop RULE --model M` on {nparts} simulated parts "
-             f"(`amfp synth --fleet models/amfp-synth-v2.fleet.toml --parts-per-machine 1 --seed {SEED}`: one per machine, "
+             f"(`amfp synth --fleet models/amfp-synth-v3.fleet.toml --parts-per-machine 1 --seed {SEED}`: one per machine, "
              "held-out units included). Per-part medians from each Attribution's `timing_ms` (capture = PNG decode); "
              "parts/s = parts / wall time of the whole command (model load included); peak RSS of the process.")
     L.append("")
@@ -901,7 +901,7 @@ def chart(res, path: Path) -> None:
         ax.barh(labels, vals, color=colors)
         ax.invert_yaxis()
         ax.set_xlabel("ms per 16 ROIs (median)")
-        ax.set_title(f"amfp-synth-v2 {kind}: tract (orange), onnxruntime (blue)", fontsize=10)
+        ax.set_title(f"amfp-synth-v3 {kind}: tract (orange), onnxruntime (blue)", fontsize=10)
         for y, v in enumerate(vals):
             ax.text(v, y, f" {v:.0f}", va="center", fontsize=8)
     m = res["machine"]

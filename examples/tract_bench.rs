@@ -7,7 +7,7 @@
 //!
 //! ```sh
 //! cargo build --profile ci --example tract_bench
-//! target/ci/examples/tract_bench --model models/amfp-synth-v2.onnx --input rois.npy --rois 16 \
+//! target/ci/examples/tract_bench --model models/amfp-synth-v3.onnx --input rois.npy --rois 16 \
 //!     --mode split --threads 2 --reps 10
 //! ```
 //!

@@ -24,7 +24,7 @@ use crate::roi::{MaskMode, PartSurface};
 use crate::vote::{Ballot, StopRule, Tally, VoteRule};
 
 /// File name of the bundled reference model.
-pub const BUNDLED_MODEL: &str = "amfp-synth-v2.int8.onnx";
+pub const BUNDLED_MODEL: &str = "amfp-synth-v3.int8.onnx";
 
 /// Where the bundled model is looked for when none is configured: `../share/amfp/models/`
 /// beside the binary (the Debian package), then `models/` in the working directory (a checkout).

@@ -176,7 +176,7 @@ async fn parts_from_a_directory_arrive_as_results() {
     let mut daemon = Daemon::start(&station, &config, &["--parts", &names.len().to_string()]);
 
     let online = sub.status(&station.topic("status"), "online").await;
-    assert_eq!(online["model"]["name"], "amfp-synth-v2-int8");
+    assert_eq!(online["model"]["name"], "amfp-synth-v3-int8");
     assert_eq!(online["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(online["camera"]["kind"], "directory");
     assert_eq!(online["source"]["kind"], "directory");

@@ -65,7 +65,7 @@ fn the_attribution_follows_the_design_contract() {
     let sha = sha2::Sha256::digest(std::fs::read(repo(INT8_MODEL)).unwrap());
     let sha: String = sha.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(a["model"]["sha256"], sha.as_str());
-    assert_eq!(a["model"]["name"], "amfp-synth-v2-int8");
+    assert_eq!(a["model"]["name"], "amfp-synth-v3-int8");
     assert_eq!(a["model"]["task"], "machine");
     assert_eq!(a["verdict"], "identified");
     assert_eq!(a["label"], part.machine.as_str());
@@ -102,10 +102,10 @@ fn several_models_report_each_attribute_in_one_attribution() {
     let (a, out) =
         identify_json(&["--model", &model_arg(F32_MODEL), "--model", &model_arg(INT8_MODEL)], &[&part.file]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert_eq!(a[0]["model"]["name"], "amfp-synth-v2");
+    assert_eq!(a[0]["model"]["name"], "amfp-synth-v3");
     let attrs = a[0]["attributes"].as_array().unwrap();
     assert_eq!(attrs.len(), 1);
-    assert_eq!(attrs[0]["model"]["name"], "amfp-synth-v2-int8");
+    assert_eq!(attrs[0]["model"]["name"], "amfp-synth-v3-int8");
     assert_eq!(attrs[0]["label"], part.machine.as_str());
     assert_eq!(a[0]["label"], part.machine.as_str());
 }
@@ -117,7 +117,7 @@ fn model_inspect_shows_the_contract_and_the_camera_it_needs() {
         .arg(repo(INT8_MODEL))
         .assert()
         .success()
-        .stdout(predicate::str::contains("amfp-synth-v2-int8"))
+        .stdout(predicate::str::contains("amfp-synth-v3-int8"))
         .stdout(predicate::str::contains("input      input float32 [n, 1, 192, 192]"))
         .stdout(predicate::str::contains("FDM: S450-1, S450-2, S900-1, S900-2"))
         .stdout(predicate::str::contains("scanner at >= 2397 dpi"));

@@ -18,7 +18,7 @@ const INSPECT: &str = "amfp/dev/cmd/inspect";
 
 /// The fields the daemon puts in its `online` status.
 fn status_fields() -> serde_json::Value {
-    json!({"model": "amfp-synth-v2", "camera": {"kind": "file"}})
+    json!({"model": "amfp-synth-v3", "camera": {"kind": "file"}})
 }
 
 /// Waits until the outbox holds `n` results.
@@ -59,7 +59,7 @@ async fn results_arrive_in_order_with_status_online_then_offline() {
     mqtt.wait_connected(PATIENCE).await.unwrap();
 
     let online = sub.status(STATUS, "online").await;
-    assert_eq!(online["model"], "amfp-synth-v2");
+    assert_eq!(online["model"], "amfp-synth-v3");
     assert_eq!(online["device"], "dev");
     assert_eq!(online["camera"]["kind"], "file");
     assert_eq!(online["version"], env!("CARGO_PKG_VERSION"));

@@ -159,7 +159,7 @@ fn initramfs(work: &Path, modules: &Path, version: &str, png: &Path) -> PathBuf 
     install_with_libs(&root, Path::new(common::AMFP_BIN), "/amfp");
     install_with_libs(&root, &std::env::current_exe().unwrap(), "/v4l2_vivid");
     install_with_libs(&root, &need("v4l2-ctl", "v4l-utils"), "/usr/bin/v4l2-ctl");
-    std::fs::copy(common::repo(common::INT8_MODEL), root.join("models/amfp-synth-v2.int8.onnx")).unwrap();
+    std::fs::copy(common::repo(common::INT8_MODEL), root.join("models/amfp-synth-v3.int8.onnx")).unwrap();
     let img = image::open(png).unwrap().to_luma8();
     assert_eq!(img.dimensions(), (WIDTH, HEIGHT));
     std::fs::write(root.join("part.gray"), img.as_raw()).unwrap();

@@ -276,7 +276,7 @@ fn open_source(settings: &Settings, model_path: &Path) -> Result<Box<dyn FrameSo
     })
 }
 
-/// The fleet file shipped beside a model: `models/amfp-synth-v2.int8.onnx` → `models/amfp-synth-v2.fleet.toml`.
+/// The fleet file shipped beside a model: `models/amfp-synth-v3.int8.onnx` → `models/amfp-synth-v3.fleet.toml`.
 pub fn fleet_beside(model: &Path) -> Option<PathBuf> {
     let name = model.file_name()?.to_str()?;
     let stem = name.split('.').next()?;

@@ -8,7 +8,7 @@
 //! use amfp::publish::MqttPublisher;
 //!
 //! let device = settings.device.id.clone().unwrap_or_else(amfp::identify::host_name);
-//! let status = serde_json::json!({"model": "amfp-synth-v2", "camera": {"kind": "file"}});
+//! let status = serde_json::json!({"model": "amfp-synth-v3", "camera": {"kind": "file"}});
 //! let (mqtt, mut commands) = MqttPublisher::start(&settings.mqtt, &device, status).await?;
 //! mqtt.publish_result(&attribution).await?;                // durable once it returns
 //! mqtt.publish_event("camera_lost", serde_json::json!({"reason": "unplugged"}))?;

@@ -114,12 +114,12 @@ mod tests {
     fn payloads() {
         let on: Value = serde_json::from_slice(&status_online(
             "dock-3",
-            &json!({"model": "amfp-synth-v2", "state": "hacked", "camera": {"kind": "file"}}),
+            &json!({"model": "amfp-synth-v3", "state": "hacked", "camera": {"kind": "file"}}),
         ))
         .unwrap();
         assert_eq!(on["state"], "online");
         assert_eq!(on["device"], "dock-3");
-        assert_eq!(on["model"], "amfp-synth-v2");
+        assert_eq!(on["model"], "amfp-synth-v3");
         assert_eq!(on["camera"]["kind"], "file");
         assert!(on["time"].as_str().unwrap().ends_with('Z'));
         let off: Value = serde_json::from_slice(&status_offline("d", OfflineReason::Lost)).unwrap();

@@ -7,10 +7,10 @@ use std::process::Output;
 use assert_cmd::Command;
 
 /// The shipped reference models and the fleet they were trained on.
-pub const INT8_MODEL: &str = "models/amfp-synth-v2.int8.onnx";
-pub const F32_MODEL: &str = "models/amfp-synth-v2.onnx";
-pub const FLEET: &str = "models/amfp-synth-v2.fleet.toml";
-pub const REPORT: &str = "models/amfp-synth-v2.report.json";
+pub const INT8_MODEL: &str = "models/amfp-synth-v3.int8.onnx";
+pub const F32_MODEL: &str = "models/amfp-synth-v3.onnx";
+pub const FLEET: &str = "models/amfp-synth-v3.fleet.toml";
+pub const REPORT: &str = "models/amfp-synth-v3.report.json";
 
 /// Absolute path of a file in the repository.
 pub fn repo(rel: &str) -> PathBuf {

@@ -279,7 +279,7 @@ pub fn attribution(i: usize) -> Attribution {
         "device": "dev",
         "time": "2026-11-21T12:00:00Z",
         "source": {"kind": "file", "name": format!("part-{i}.png")},
-        "model": {"name": "amfp-synth-v2", "task": "machine", "sha256": "00"},
+        "model": {"name": "amfp-synth-v3", "task": "machine", "sha256": "00"},
         "verdict": "identified",
         "label": "DLS-3", "process": "DLS", "score": 0.97, "margin": 0.81,
         "top": [{"label": "DLS-3", "score": 0.97}],

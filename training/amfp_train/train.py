@@ -84,6 +84,14 @@ class TrainConfig:
     # NHWC activations: oneDNN's CPU convolutions run them faster than NCHW (docs/training.md,
     # "Training speed"); the weights and the exported graph are the same either way
     channels_last: bool = True
+    # progressive crops (EfficientNetV2's progressive learning, fast.ai's progressive resizing): the
+    # first `warm_epochs` train on centre crops of `warm_roi` px of each ROI, which cost
+    # (warm_roi/roi)^2 of a full ROI; the rest on whole ROIs. 0 = whole ROIs throughout.
+    warm_roi: int = 0
+    warm_epochs: int = 0
+    # validate from this epoch on (1-based; 0 = every epoch): under an exponential LR decay the best
+    # epoch is a late one, and part-level validation costs ~20 % of a CPU epoch
+    val_from_epoch: int = 0
 
 
 def select_device(pref: str = "") -> str:
@@ -192,7 +200,7 @@ def train(cfg: TrainConfig) -> Path:
     amp = device == "cuda"
 
     history = []
-    best_acc, best_epoch = -1.0, -1
+    best_acc, best_epoch = -float("inf"), -1
     ckpt = out / "checkpoint.pt"
     meta = {
         "name": cfg.name, "task": cfg.task, "labels": labels, "label_process": label_process,
@@ -200,13 +208,19 @@ def train(cfg: TrainConfig) -> Path:
         "mean": mean, "std": std, "min_foreground": cfg.min_fg, "votes": cfg.votes,
         "unknown_threshold": 0.0, "trained_on": trained_on(ds, cfg, len(train_parts)),
     }
+    if cfg.warm_epochs and not 0 < cfg.warm_roi <= cfg.roi:
+        raise ValueError(f"warm_roi {cfg.warm_roi} must be in 1..roi ({cfg.roi})")
     step = 0
     for epoch in range(cfg.epochs):
+        crop = cfg.warm_roi if epoch < cfg.warm_epochs else cfg.roi
+        off = (cfg.roi - crop) // 2
         model.train()
         t_ep = time.time()
         losses, correct, seen = [], 0, 0
         for _ in range(cfg.steps):
             x, y = next(batches)
+            if crop != cfg.roi:  # a centre crop of an ROI on the part is on the part too
+                x = x[..., off:off + crop, off:off + crop]
             x, y = x.to(device, non_blocking=True, memory_format=layout), y.to(device, non_blocking=True)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)
@@ -223,8 +237,8 @@ def train(cfg: TrainConfig) -> Path:
         ep = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "loss_first": losses[0],
               "loss_last10": float(np.mean(losses[-10:])), "train_roi_acc": correct / seen,
               "lr": sched.get_last_lr()[0], "train_s": round(train_s, 1),
-              "rois_per_s": round(seen / train_s, 1)}
-        if val_parts:
+              "rois_per_s": round(seen / train_s, 1), "crop": crop}
+        if val_parts and epoch + 1 >= cfg.val_from_epoch:
             model.eval()
             t_v = time.time()
             pr = part_probs(torch_predictor(model, device), val_parts, store, cfg.votes, cfg.seed + 1,
@@ -235,7 +249,12 @@ def train(cfg: TrainConfig) -> Path:
                       val_s=round(time.time() - t_v, 1))
         history.append(ep)
         log.info("epoch %d: %s", epoch + 1, json.dumps({k: v for k, v in ep.items() if k != "val_per_process"}))
-        score = ep.get("val_acc", -ep["loss"])
+        if "val_acc" in ep:
+            score = ep["val_acc"]
+        elif val_parts:  # not validated yet (--val-from-epoch): the latest such epoch stands in
+            score = -2.0 + epoch * 1e-6
+        else:
+            score = -ep["loss"]
         if score > best_acc:
             best_acc, best_epoch = score, epoch + 1
             torch.save({"state_dict": {k: v.contiguous() for k, v in model.state_dict().items()}, "arch": cfg.arch, "model_kw": kw,
@@ -298,6 +317,11 @@ def parse_args(argv=None) -> TrainConfig:
     ap.add_argument("--threads", type=int, default=d.threads)
     ap.add_argument("--device", default=d.device)
     ap.add_argument("--mask", default=d.mask, choices=["auto", "otsu", "full"])
+    ap.add_argument("--warm-roi", type=int, default=d.warm_roi,
+                    help="ROI side of the first --warm-epochs (centre crops; cheaper epochs)")
+    ap.add_argument("--warm-epochs", type=int, default=d.warm_epochs)
+    ap.add_argument("--val-from-epoch", type=int, default=d.val_from_epoch,
+                    help="validate only from this epoch on (0: every epoch)")
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                     help="NCHW activations instead of NHWC (same results, slower on CPU)")
     a = ap.parse_args(argv)

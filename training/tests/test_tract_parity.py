@@ -27,8 +27,8 @@ import pytest
 from amfp_train.dataset import load_gray_raw
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = {"f32": REPO / "models" / "amfp-synth-v2.onnx", "int8": REPO / "models" / "amfp-synth-v2.int8.onnx"}
-FLEET = REPO / "models" / "amfp-synth-v2.fleet.toml"
+MODELS = {"f32": REPO / "models" / "amfp-synth-v3.onnx", "int8": REPO / "models" / "amfp-synth-v3.int8.onnx"}
+FLEET = REPO / "models" / "amfp-synth-v3.fleet.toml"
 MACHINES = "4200-1,F3B-2,M2-3,S900-1,L1-2,5200-2"
 
 

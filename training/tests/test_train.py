@@ -8,6 +8,8 @@ import torch
 from amfp_train.dataset import read_dataset
 from amfp_train.store import BalancedRois, PartStore
 
+from .conftest import train_args
+
 
 def test_training_runs_and_loss_falls(trained, dataset):
     log = json.loads((trained["out"] / "train_log.json").read_text())
@@ -16,6 +18,33 @@ def test_training_runs_and_loss_falls(trained, dataset):
     assert all(np.isfinite(e["loss"]) for e in h)
     assert h[-1]["loss_last10"] < h[0]["loss_first"], f"loss did not fall on {dataset['source']}: {h}"
     assert "val_acc" in h[0] and 0.0 <= h[-1]["val_acc"] <= 1.0
+
+
+def test_progressive_crops_and_late_validation(dataset, tmp_path):
+    """--warm-roi/--warm-epochs train the first epochs on centre crops; --val-from-epoch validates
+    only the late epochs, and the checkpoint is the best validated one (the model still takes
+    whole ROIs)."""
+    from amfp_train.train import parse_args, train
+
+    cfg = parse_args(train_args(dataset["dir"], tmp_path, dataset["holdout"], "--epochs", "3",
+                                "--warm-roi", "24", "--warm-epochs", "2", "--val-from-epoch", "3"))
+    ckpt = train(cfg)
+    h = json.loads((tmp_path / "train_log.json").read_text())["history"]
+    assert [e["crop"] for e in h] == [24, 24, 32]
+    assert ["val_acc" in e for e in h] == [False, False, True]
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert ck["epoch"] == 3 and ck["meta"]["roi_px"] == 32
+
+
+def test_warm_roi_larger_than_the_roi_is_refused(dataset, tmp_path):
+    import pytest
+
+    from amfp_train.train import parse_args, train
+
+    cfg = parse_args(train_args(dataset["dir"], tmp_path, dataset["holdout"],
+                                "--warm-roi", "40", "--warm-epochs", "1"))
+    with pytest.raises(ValueError, match="warm_roi 40"):
+        train(cfg)
 
 
 def test_checkpoint_knows_everything_the_contract_needs(trained, dataset):
