@@ -228,15 +228,9 @@ def main(argv=None) -> dict:
 
     t = time.time()
     targs = ["--data", str(data), "--out", str(out), "--name", a.name, "--source", source,
-             "--seed", str(a.seed), "--holdout", holdout, "--pixel-um", str(s["pixel_um"]),
-             "--roi", str(s["roi"]), "--min-fg", str(s["min_fg"]), "--batch", str(s["batch"]),
-             "--epochs", str(s["epochs"]), "--steps", str(s["steps"]), "--widths", s["widths"],
-             "--depths", s["depths"], "--stem-stride", str(s["stem_stride"]), "--pool", s["pool"],
-             "--lr", str(s["lr"]), "--lr-decay", str(s["lr_decay"]),
-             "--warmup-steps", str(s["warmup_steps"]), "--time-budget-min", str(s["time_budget_min"]),
-             "--val-parts", str(s["val_parts"]), "--warm-roi", str(s["warm_roi"]),
-             "--warm-epochs", str(s["warm_epochs"]), "--val-from-epoch", str(s["val_from_epoch"]),
-             "--threads", str(a.threads)]
+             "--seed", str(a.seed), "--holdout", holdout, "--threads", str(a.threads)]
+    for k, v in s.items():  # every setting is a train flag of the same name: lr_decay -> --lr-decay
+        targs += ["--" + k.replace("_", "-"), str(v)]
     ckpt = train(train_args(targs))
     timings["train_s"] = round(time.time() - t, 1)
 

@@ -249,14 +249,14 @@ def train(cfg: TrainConfig) -> Path:
                       val_s=round(time.time() - t_v, 1))
         history.append(ep)
         log.info("epoch %d: %s", epoch + 1, json.dumps({k: v for k, v in ep.items() if k != "val_per_process"}))
-        if "val_acc" in ep:
-            score = ep["val_acc"]
-        elif val_parts:  # not validated yet (--val-from-epoch): the latest such epoch stands in
-            score = -2.0 + epoch * 1e-6
-        else:
-            score = -ep["loss"]
-        if score > best_acc:
-            best_acc, best_epoch = score, epoch + 1
+        if "val_acc" in ep or not val_parts:
+            score = ep.get("val_acc", -ep["loss"])
+            keep = score > best_acc
+            best_acc = max(best_acc, score)
+        else:  # not validated yet (--val-from-epoch): the latest epoch stands in until one is
+            keep = best_acc == -float("inf")
+        if keep:
+            best_epoch = epoch + 1
             torch.save({"state_dict": {k: v.contiguous() for k, v in model.state_dict().items()}, "arch": cfg.arch, "model_kw": kw,
                         "meta": meta, "config": asdict(cfg), "epoch": epoch + 1}, ckpt)
         elapsed = (time.time() - t_start) / 60
