@@ -21,7 +21,8 @@
 //! - `amfp`: `amfp::model::Model` itself (what `amfp identify` loads) with `--batch` ROIs per
 //!   call, `--threads` and `--batched` (`LoadOptions::per_roi` false), as `Model::load_with` runs it.
 //!
-//! `--profile` adds the time per op type (one extra run, single-threaded), `--dump` the optimised
+//! `--profile` adds the time per op type (one extra run, single-threaded; per node with
+//! `--profile-nodes`), `--dump` the optimised
 //! graph's ops with their output shapes.
 
 use std::collections::BTreeMap;
@@ -73,7 +74,10 @@ struct Args {
     /// Time per op type (one extra single-threaded run).
     #[arg(long)]
     profile: bool,
-    /// List the optimised graph's ops.
+    /// With --profile: time per node (op type and node name) instead of per op type.
+    #[arg(long)]
+    profile_nodes: bool,
+    /// List the optimised graph's ops (with each op's info: the matrix kernel tract picked).
     #[arg(long)]
     dump: bool,
     /// Write the logits of the first measured run here (.npy), to check parity with onnxruntime.
@@ -86,6 +90,7 @@ type Plan = Arc<TypedRunnableModel>;
 type Runner = Box<dyn Fn(&[f32]) -> TractResult<Vec<f32>> + Sync>;
 
 fn main() -> TractResult<()> {
+    env_logger::init();
     let a = Args::parse();
     let (c, h, w, data) = load_input(&a)?;
     let roi_len = c * h * w;
@@ -172,10 +177,14 @@ fn main() -> TractResult<()> {
     });
     if let Some(typed) = &typed {
         if a.profile {
-            report["profile_s"] = json!(profile(typed, &input[..per_call * roi_len], [per_call, c, h, w])?);
+            report["profile_s"] = json!(profile(typed, &input[..per_call * roi_len], [per_call, c, h, w], a.profile_nodes)?);
         }
         if a.dump {
-            report["ops"] = json!(typed.nodes().iter().map(|n| format!("{} {} -> {:?}", n.op().name(), n.name, n.outputs[0].fact.shape)).collect::<Vec<_>>());
+            report["ops"] = json!(typed.nodes().iter().map(|n| {
+                // info(): for OptMatMul, the matrix kernel tract picked for this shape.
+                let info = n.op().info().map(|i| i.join("; ")).unwrap_or_default();
+                format!("{} {} -> {:?} [{info}]", n.op().name(), n.name, n.outputs[0].fact.shape)
+            }).collect::<Vec<_>>());
         }
     }
     println!("{report}");
@@ -190,8 +199,8 @@ fn load_typed(path: &Path, batch: usize, c: usize, h: usize, w: usize) -> TractR
         .into_optimized()
 }
 
-/// Seconds per op type for one run of one batch (single thread).
-fn profile(typed: &TypedModel, x: &[f32], shape: [usize; 4]) -> TractResult<BTreeMap<String, f64>> {
+/// Seconds per op type (or per node, `by_node`) for one run of one batch (single thread).
+fn profile(typed: &TypedModel, x: &[f32], shape: [usize; 4], by_node: bool) -> TractResult<BTreeMap<String, f64>> {
     let plan = typed.clone().into_runnable()?;
     let mut state = plan.spawn()?;
     let mut per_op: BTreeMap<String, f64> = BTreeMap::new();
@@ -202,7 +211,8 @@ fn profile(typed: &TypedModel, x: &[f32], shape: [usize; 4]) -> TractResult<BTre
             |ctx: &EvalContext, st: Option<&mut (dyn OpState + 'static)>, node: &TypedNode, inputs: TVec<TValue>| {
                 let t = Instant::now();
                 let r = tract_onnx::tract_core::plan::eval(ctx, st, node, inputs);
-                *times.entry(node.op().name().to_string()).or_default() += t.elapsed().as_secs_f64();
+                let key = if by_node { format!("{} {}", node.op().name(), node.name) } else { node.op().name().to_string() };
+                *times.entry(key).or_default() += t.elapsed().as_secs_f64();
                 r
             },
         )?;

@@ -323,13 +323,18 @@ fn resample(pixels: &[f32], width: u32, height: u32, factor: f64) -> (Vec<f32>, 
     (out, w, h)
 }
 
+/// Means of k x k blocks, summed in f64 row by row and, within a row, left to right (the order
+/// fixes the rounding, so it stays the same however the loop is written).
 fn block_means(pixels: &[f32], width: u32, k: usize, w: u32, h: u32) -> Vec<f32> {
     let (w, h) = (w as usize, h as usize);
     let mut sums = vec![0f64; w * h];
-    for (y, row) in pixels.chunks_exact(width as usize).take(h * k).enumerate() {
-        let out = &mut sums[(y / k) * w..(y / k + 1) * w];
-        for (x, &v) in row[..w * k].iter().enumerate() {
-            out[x / k] += f64::from(v);
+    for (out, rows) in sums.chunks_exact_mut(w).zip(pixels.chunks_exact(width as usize * k)) {
+        for row in rows.chunks_exact(width as usize) {
+            for (o, block) in out.iter_mut().zip(row[..w * k].chunks_exact(k)) {
+                for &v in block {
+                    *o += f64::from(v);
+                }
+            }
         }
     }
     let inv = 1.0 / (k * k) as f64;
@@ -396,6 +401,37 @@ mod tests {
         assert_eq!((out.width, out.height), (2, 1));
         assert_eq!(out.pixels, vec![(0.0 + 1.0 + 5.0 + 6.0) / 4.0, (2.0 + 3.0 + 7.0 + 8.0) / 4.0]);
         assert_eq!(out.pixel_um, 2.0);
+    }
+
+    /// Block means round as f64 sums taken row by row, left to right, then scaled: the same
+    /// bits as that plain loop on values of mixed magnitudes (where the order of the sums shows).
+    #[test]
+    fn block_means_sum_in_a_fixed_order() {
+        let (width, height) = (23u32, 17u32);
+        let mut state = 3u64;
+        let pixels: Vec<f32> = (0..width * height)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 10f32.powi((state % 9) as i32 - 6)
+            })
+            .collect();
+        for k in [2usize, 3, 4] {
+            let (w, h) = (width as usize / k, height as usize / k);
+            let mut want = Vec::new();
+            for by in 0..h {
+                for bx in 0..w {
+                    let mut sum = 0f64;
+                    for y in by * k..(by + 1) * k {
+                        for x in bx * k..(bx + 1) * k {
+                            sum += f64::from(pixels[y * width as usize + x]);
+                        }
+                    }
+                    want.push((sum * (1.0 / (k * k) as f64)) as f32);
+                }
+            }
+            let got = block_means(&pixels, width, k, w as u32, h as u32);
+            assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "k = {k}");
+        }
     }
 
     #[test]
