@@ -292,6 +292,9 @@ def clear_value_info(path):
 # Each is a realistic slice of a 192 px gray-ROI net; FLOPs come from the exported graph.
 LAYERS = {
     "conv3x3 16->16 @96": ("conv", dict(cin=16, cout=16, k=3, s=1, px=96)),
+    # tract 0.23 runs a convolution whose output rows are at least 128 wide as a direct spatial
+    # convolution (no im2col): the same layer at 128 px shows what that path is worth.
+    "conv3x3 16->16 @128 (direct spatial)": ("conv", dict(cin=16, cout=16, k=3, s=1, px=128)),
     "conv3x3 32->32 @48": ("conv", dict(cin=32, cout=32, k=3, s=1, px=48)),
     "conv3x3 64->64 @24": ("conv", dict(cin=64, cout=64, k=3, s=1, px=24)),
     "conv3x3 128->128 @12": ("conv", dict(cin=128, cout=128, k=3, s=1, px=12)),

@@ -73,13 +73,7 @@ pub fn otsu(pixels: &[f32]) -> Otsu {
     if pixels.is_empty() || f64::from(hi) - f64::from(lo) < 1e-9 {
         return Otsu { threshold: if lo.is_finite() { lo } else { 0.0 }, eta: 0.0 };
     }
-    let (lo64, hi64) = (f64::from(lo), f64::from(hi));
-    let step = (hi64 - lo64) / BINS as f64;
-    let mut edges = [0f32; BINS + 1];
-    for (i, e) in edges.iter_mut().enumerate() {
-        *e = (lo64 + i as f64 * step) as f32;
-    }
-    edges[BINS] = hi;
+    let edges = otsu_edges(lo, hi);
     let hist = otsu_counts(pixels, lo, hi, &edges);
     let total = hist.iter().sum::<u64>() as f64;
     let centers: Vec<f64> = (0..BINS).map(|i| f64::from((edges[i] + edges[i + 1]) / 2.0)).collect();
@@ -107,6 +101,19 @@ pub fn otsu(pixels: &[f32]) -> Otsu {
 /// Bins of Otsu's histogram: `OTSU_BINS` bins between `lo` and `hi`, the smallest and largest
 /// value.
 const OTSU_BINS: usize = 256;
+
+/// numpy's bin edges for `OTSU_BINS` bins over [lo, hi]: computed in f64, stored as f32, the
+/// last one `hi` itself.
+fn otsu_edges(lo: f32, hi: f32) -> [f32; OTSU_BINS + 1] {
+    let (lo64, hi64) = (f64::from(lo), f64::from(hi));
+    let step = (hi64 - lo64) / OTSU_BINS as f64;
+    let mut edges = [0f32; OTSU_BINS + 1];
+    for (i, e) in edges.iter_mut().enumerate() {
+        *e = (lo64 + i as f64 * step) as f32;
+    }
+    edges[OTSU_BINS] = hi;
+    edges
+}
 
 /// Counts `pixels` into the bins between `edges` as numpy.histogram does (NaN not counted).
 ///
@@ -538,75 +545,46 @@ fn list_valid(valid: &[bool], cw: usize) -> Vec<(u32, u32)> {
 mod tests {
     use super::*;
 
-    /// The lane-split counting of Otsu's histogram counts exactly what one plain loop counts,
-    /// and the lane-split range is the plain fold's: random frames with NaN, ties at the edges
-    /// and lengths that are not a multiple of eight.
+    /// The lane-split range is the plain fold's: random frames with NaN and lengths that are
+    /// not a multiple of eight.
     #[test]
-    fn otsu_counts_and_range_match_plain_loops() {
+    fn range_matches_a_plain_fold() {
         use rand::{RngExt, SeedableRng};
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         for n in [1usize, 7, 8, 9, 100, 1001, 5000] {
-            let mut px: Vec<f32> = (0..n).map(|_| (rng.random_range(0.0f32..1.0) * 64.0).round() / 64.0).collect();
+            let mut px: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
             if n > 8 {
                 px[3] = f32::NAN;
             }
             let plain = px.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             let (lo, hi) = min_max(&px);
             assert_eq!((lo.to_bits(), hi.to_bits()), (plain.0.to_bits(), plain.1.to_bits()), "n = {n}");
-            if hi <= lo {
-                continue;
-            }
-            let (lo64, hi64) = (f64::from(lo), f64::from(hi));
-            let mut edges = [0f32; OTSU_BINS + 1];
-            for (i, e) in edges.iter_mut().enumerate() {
-                *e = (lo64 + i as f64 * (hi64 - lo64) / OTSU_BINS as f64) as f32;
-            }
-            edges[OTSU_BINS] = hi;
-            let norm = OTSU_BINS as f64 / (hi64 - lo64);
-            let mut want = [0u64; OTSU_BINS];
-            for &v in &px {
-                if !(v >= lo && v <= hi) {
-                    continue;
-                }
-                let mut i = (((f64::from(v - lo)) * norm) as usize).min(OTSU_BINS - 1);
-                if v < edges[i] && i > 0 {
-                    i -= 1;
-                } else if v >= edges[i + 1] && i < OTSU_BINS - 1 {
-                    i += 1;
-                }
-                want[i] += 1;
-            }
-            assert_eq!(otsu_counts(&px, lo, hi, &edges), want, "n = {n}");
         }
         assert_eq!(min_max(&[]), (f32::INFINITY, f32::NEG_INFINITY));
     }
 
-    /// The branch-free Otsu bin agrees with the exact rule on every pixel: continuous values,
-    /// values exactly on the edges, 8-bit levels, narrow ranges far from zero (where the f32
-    /// edges are coarse and the exact rule is used) and NaN.
+    /// Otsu's histogram counts, per pixel, the bin of the exact rule ([`otsu_bin`], numpy's):
+    /// continuous values, values on, just above and just below every edge, 64 and 8-bit levels,
+    /// narrow ranges far from zero (where the f32 edges are coarse and the exact rule is used),
+    /// NaN, and lengths that are not a multiple of eight.
     #[test]
-    fn otsu_bins_of_the_fast_path_are_the_exact_rule() {
+    fn otsu_counts_are_the_exact_rule_per_pixel() {
         use rand::{RngExt, SeedableRng};
         let check = |px: &[f32], lo: f32, hi: f32| {
-            let (lo64, hi64) = (f64::from(lo), f64::from(hi));
-            let mut edges = [0f32; OTSU_BINS + 1];
-            for (i, e) in edges.iter_mut().enumerate() {
-                *e = (lo64 + i as f64 * (hi64 - lo64) / OTSU_BINS as f64) as f32;
-            }
-            edges[OTSU_BINS] = hi;
-            let norm = OTSU_BINS as f64 / (hi64 - lo64);
-            let mut want = [0u64; OTSU_BINS];
+            let edges = otsu_edges(lo, hi);
+            let norm = OTSU_BINS as f64 / (f64::from(hi) - f64::from(lo));
             let mut px = px.to_vec();
             px.extend_from_slice(&edges);
             px.extend(edges.iter().map(|e| e.next_up().min(hi)));
             px.extend(edges.iter().map(|e| e.next_down().max(lo)));
+            let mut want = [0u64; OTSU_BINS];
             for &v in &px {
                 let i = otsu_bin(v, lo, hi, norm, &edges);
                 if i < OTSU_BINS {
                     want[i] += 1;
                 }
             }
-            assert_eq!(otsu_counts(&px, lo, hi, &edges), want, "range [{lo}, {hi}]");
+            assert_eq!(otsu_counts(&px, lo, hi, &edges), want, "range [{lo}, {hi}], {} pixels", px.len());
         };
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         for (lo, hi) in [(0.0f32, 1.0f32), (0.13, 0.91), (-3.0, 250.0), (1000.0, 1000.01), (0.5, 0.500_01), (0.0, 1e-6)] {
@@ -615,8 +593,15 @@ mod tests {
             px[17] = f32::NAN;
             check(&px, lo, hi);
         }
-        // 8-bit frames: levels k / 255 over ranges of 128, 200 and 255 levels, where many
-        // levels fall exactly on bin edges.
+        // 64 levels (short frames too) and 8-bit frames: levels k / 255 over ranges of 128, 200
+        // and 255 levels, where many levels fall exactly on bin edges.
+        for n in [1usize, 7, 9, 1001] {
+            let px: Vec<f32> = (0..n).map(|_| (rng.random_range(0.0f32..1.0) * 64.0).round() / 64.0).collect();
+            let (lo, hi) = min_max(&px);
+            if hi > lo {
+                check(&px, lo, hi);
+            }
+        }
         for (k0, k1) in [(60u32, 188u32), (20, 220), (0, 255)] {
             let px: Vec<f32> = (0..30_001).map(|i| (k0 + i % (k1 - k0 + 1)) as f32 / 255.0).collect();
             check(&px, k0 as f32 / 255.0, k1 as f32 / 255.0);
