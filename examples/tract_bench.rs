@@ -77,6 +77,10 @@ struct Args {
     /// With --profile: time per node (op type and node name) instead of per op type.
     #[arg(long)]
     profile_nodes: bool,
+    /// A tract model transform applied to the decluttered model before optimising (e.g.
+    /// `conv_nhwc`: every convolution channel-last), for the plain-tract modes.
+    #[arg(long)]
+    transform: Option<String>,
     /// List the optimised graph's ops (with each op's info: the matrix kernel tract picked).
     #[arg(long)]
     dump: bool,
@@ -108,7 +112,7 @@ fn main() -> TractResult<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         (Box::new(move |x: &[f32]| model.logits(x).map_err(|e| anyhow::anyhow!("{e}"))), None)
     } else {
-        let typed = load_typed(&a.model, per_call, c, h, w)?;
+        let typed = load_typed(&a.model, per_call, c, h, w, a.transform.as_deref())?;
         let options = RunOptions {
             executor: (a.mode == Mode::Executor && a.threads > 1).then(|| Executor::multithread(a.threads)),
             ..Default::default()
@@ -191,12 +195,22 @@ fn main() -> TractResult<()> {
     Ok(())
 }
 
-fn load_typed(path: &Path, batch: usize, c: usize, h: usize, w: usize) -> TractResult<TypedModel> {
-    tract_onnx::onnx()
+fn load_typed(path: &Path, batch: usize, c: usize, h: usize, w: usize, transform: Option<&str>) -> TractResult<TypedModel> {
+    let mut model = tract_onnx::onnx()
         .with_ignore_value_info(true)
         .model_for_path(path)?
         .with_input_fact(0, f32::fact([batch, c, h, w]).into())?
-        .into_optimized()
+        .into_typed()?
+        .into_decluttered()?;
+    if let Some(name) = transform {
+        let t = tract_onnx::tract_core::transform::get_transform(name)?
+            .ok_or_else(|| anyhow::anyhow!("tract has no transform named {name:?}"))?;
+        // Codegen only: a declutter pass would fold the transform's axis moves back.
+        t.transform(&mut model)?;
+        model.optimize()?;
+        return Ok(model);
+    }
+    model.into_optimized()
 }
 
 /// Seconds per op type (or per node, `by_node`) for one run of one batch (single thread).
