@@ -22,8 +22,9 @@
 //!   call, `--threads` and `--batched` (`LoadOptions::per_roi` false), as `Model::load_with` runs it.
 //!
 //! `--profile` adds the time per op type (one extra run, single-threaded; per node with
-//! `--profile-nodes`), `--dump` the optimised
-//! graph's ops with their output shapes.
+//! `--profile-nodes`), `--dump` the optimised graph's ops with their output shapes and info
+//! (the matrix kernel of each product), `--transform NAME` applies one of tract's model
+//! transforms (e.g. `conv_nhwc`) before code generation.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
