@@ -206,12 +206,12 @@ fn load_typed(path: &Path, batch: usize, c: usize, h: usize, w: usize, transform
     if let Some(name) = transform {
         let t = tract_onnx::tract_core::transform::get_transform(name)?
             .ok_or_else(|| anyhow::anyhow!("tract has no transform named {name:?}"))?;
-        // Codegen only: a declutter pass would fold the transform's axis moves back.
         t.transform(&mut model)?;
-        model.optimize()?;
-        return Ok(model);
     }
-    model.into_optimized()
+    // Codegen only: decluttered once above (a second declutter would also fold a transform's
+    // axis moves back).
+    model.optimize()?;
+    Ok(model)
 }
 
 /// Seconds per op type (or per node, `by_node`) for one run of one batch (single thread).

@@ -121,12 +121,9 @@ fn otsu_edges(lo: f32, hi: f32) -> [f32; OTSU_BINS + 1] {
 /// stored f32 edges. Unless the range is so narrow for its magnitude that the f32 edges are
 /// coarse, an f32 estimate is within a bin of the true one too, and the same correction done
 /// without branches gives the same bin: quantised frames put many pixels exactly on edges,
-/// where the branches of the exact rule mispredict. Counted eight pixels at a time into four
-/// sub-histograms (pixel k into k % 4), so that neighbouring pixels of one level do not wait on
-/// each other's increment; summed after.
+/// where the branches of the exact rule mispredict. Counted by [`count_bins`].
 fn otsu_counts(pixels: &[f32], lo: f32, hi: f32, edges: &[f32; OTSU_BINS + 1]) -> [u64; OTSU_BINS] {
     const BINS: usize = OTSU_BINS;
-    const LANES: usize = 8;
     let norm = BINS as f64 / (f64::from(hi) - f64::from(lo));
     let scale = norm as f32;
     // How far, in bins, an estimate may stray from the real position of a value (three f32
@@ -135,35 +132,41 @@ fn otsu_counts(pixels: &[f32], lo: f32, hi: f32, edges: &[f32; OTSU_BINS + 1]) -
     // correction from either estimate lands on the same bin.
     let edge_err = f64::from(lo.abs().max(hi.abs())) * f64::from(f32::EPSILON) * norm;
     let stray = 3.0 * BINS as f64 * f64::from(f32::EPSILON) + edge_err;
-    let mut sub = [[0u64; BINS + 1]; 4];
-    let chunks = pixels.chunks_exact(LANES);
-    let rest = chunks.remainder();
     if scale.is_finite() && stray < 0.05 {
         // The edges with the last bin closed: nothing is at or above the upper edge. The
         // estimate is at most BINS - 1, so both reads stay inside, and no value (NaN aside, which
         // the last line drops) is below edges[0] = lo.
         let mut upper = [f32::INFINITY; BINS + 1];
         upper[..BINS].copy_from_slice(&edges[..BINS]);
-        let bin = |v: f32| -> usize {
+        count_bins(pixels, |v| {
             let i = (((v - lo) * scale) as u32).min(BINS as u32 - 1) as usize;
             let i = i + usize::from(v >= upper[i + 1]) - usize::from(v < upper[i]);
             if v.is_nan() { BINS } else { i }
-        };
-        for c in chunks {
-            let idx: [usize; LANES] = std::array::from_fn(|k| bin(c[k]));
-            for (k, &i) in idx.iter().enumerate() {
-                sub[k % 4][i] += 1;
-            }
-        }
-        for &v in rest {
-            sub[0][bin(v)] += 1;
-        }
+        })
     } else {
-        for &v in pixels {
-            sub[0][otsu_bin(v, lo, hi, norm, edges)] += 1;
+        count_bins(pixels, |v| otsu_bin(v, lo, hi, norm, edges))
+    }
+}
+
+/// Counts `pixels` by `bin` (which returns `OTSU_BINS` for a value not counted), eight at a time
+/// into four sub-histograms (pixel k into k % 4, so that neighbouring pixels of one level do not
+/// wait on each other's increment), summed at the end. Generic over `bin`, so each
+/// rule gets its own loop with nothing to decide per pixel.
+fn count_bins(pixels: &[f32], bin: impl Fn(f32) -> usize) -> [u64; OTSU_BINS] {
+    const LANES: usize = 8;
+    let mut sub = [[0u64; OTSU_BINS + 1]; 4];
+    let chunks = pixels.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        let idx: [usize; LANES] = std::array::from_fn(|k| bin(c[k]));
+        for (k, &i) in idx.iter().enumerate() {
+            sub[k % 4][i] += 1;
         }
     }
-    let mut hist = [0u64; BINS];
+    for &v in rest {
+        sub[0][bin(v)] += 1;
+    }
+    let mut hist = [0u64; OTSU_BINS];
     for (i, h) in hist.iter_mut().enumerate() {
         *h = sub.iter().map(|s| s[i]).sum();
     }
@@ -438,16 +441,20 @@ fn mask_threshold(pixels: &[f32], mode: MaskMode) -> Option<f32> {
 /// (w - r + 1) x (h - r + 1) corners, and how many pixels of the `w`-wide frame are part.
 ///
 /// Separable box counts, with no mask or integral image: `column[x]` counts the part pixels of
-/// column x in the `r` rows from the current corner row down (one row enters and one leaves per
-/// corner row, a vectorised pass), and a corner's count is the sum of `r` neighbouring columns.
+/// column x in the last `r` rows (one row enters and one leaves per row, vectorised passes), and
+/// a corner's count is the sum of `r` neighbouring columns.
 fn valid_corner_map(pixels: &[f32], w: usize, t: f32, r: usize, need: u64) -> (Vec<bool>, usize) {
     let h = pixels.len() / w;
     let (cw, ch) = (w - r + 1, h - r + 1);
     let need = u32::try_from(need).unwrap_or(u32::MAX);
     let row = |y: usize| &pixels[y * w..(y + 1) * w];
     let mut column = vec![0u32; w];
+    let mut valid = vec![false; cw * ch];
+    let (mut prefix, mut sums) = (vec![0u32; w + 1], vec![0u32; cw]);
     let mut foreground = 0usize;
-    for y in 0..r {
+    // Row y enters the window and row y - r leaves it; once r rows are in, the window's top row
+    // y + 1 - r is a corner row.
+    for y in 0..h {
         let mut on = 0u32;
         for (c, &v) in column.iter_mut().zip(row(y)) {
             let m = u32::from(v > t);
@@ -455,22 +462,16 @@ fn valid_corner_map(pixels: &[f32], w: usize, t: f32, r: usize, need: u64) -> (V
             on += m;
         }
         foreground += on as usize;
-    }
-    let mut valid = vec![false; cw * ch];
-    let (mut prefix, mut sums) = (vec![0u32; w + 1], vec![0u32; cw]);
-    for (y, out) in valid.chunks_exact_mut(cw).enumerate() {
-        if y > 0 {
-            let mut on = 0u32;
-            for ((c, &enter), &leave) in column.iter_mut().zip(row(y + r - 1)).zip(row(y - 1)) {
-                let m = u32::from(enter > t);
-                *c = *c + m - u32::from(leave > t);
-                on += m;
+        if y >= r {
+            for (c, &v) in column.iter_mut().zip(row(y - r)) {
+                *c -= u32::from(v > t);
             }
-            foreground += on as usize;
         }
-        window_sums(&column, r, &mut prefix, &mut sums);
-        for (v, &s) in out.iter_mut().zip(&sums) {
-            *v = s >= need;
+        if let Some(corner_y) = (y + 1).checked_sub(r) {
+            window_sums(&column, r, &mut prefix, &mut sums);
+            for (v, &s) in valid[corner_y * cw..(corner_y + 1) * cw].iter_mut().zip(&sums) {
+                *v = s >= need;
+            }
         }
     }
     (valid, foreground)
