@@ -430,7 +430,10 @@ def busy_processes() -> list[str]:
 def build(a) -> None:
     if a.no_build:
         return
-    subprocess.run(["cargo", "build", "--profile", a.profile, "--locked", "--bin", "amfp", "--example", "tract_bench"],
+    # amfp as it ships; tract_bench with tract's multithread executor, which shipped builds
+    # leave out (Cargo.toml `tract-executor`), so that its rows can be measured.
+    subprocess.run(["cargo", "build", "--profile", a.profile, "--locked", "--bin", "amfp"], cwd=REPO, check=True)
+    subprocess.run(["cargo", "build", "--profile", a.profile, "--locked", "--features", "tract-executor", "--example", "tract_bench"],
                    cwd=REPO, check=True)
 
 
@@ -537,6 +540,13 @@ def drive(a) -> int:
         ("amfp", 2, 4, {"batched": True}, "amfp Model, batch-4 plan, executor"),
         ("amfp", 2, 4, {}, "amfp Model, per-ROI plan, 2 threads"),
     ]
+    # tract's multithread executor is only in a tract_bench built with `--features tract-executor`
+    # (build() does that; CI's quick run uses its own build, without it).
+    if not child_json(tract_cmd(a, next(iter(MODELS.values())), features=True))["tract_executor"]:
+        if not a.quick:
+            sys.exit(f"{a.tract_bench} lacks tract's multithread executor: rebuild it with --features tract-executor")
+        log("quick mode: tract_bench built without --features tract-executor, its executor rows are left out")
+        configs = [c for c in configs if c[0] != "executor" and not (c[0] == "amfp" and c[1] > 1 and c[3].get("batched"))]
     for kind, model in MODELS.items():
         for t in (1, 2):
             lo = a.out / f"ort-{kind}-{t}.npy"

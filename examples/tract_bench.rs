@@ -15,7 +15,8 @@
 //! - `seq`: one batch of `--rois` on the calling thread (tract's default single-thread executor);
 //! - `batches`: `--rois / --batch` batches one after the other (amfp's vote: batches of 4);
 //! - `executor`: one batch of `--rois`, tract's multithread executor (a `--threads` rayon pool
-//!   inside each op; tract-linalg's `multithread-mm`);
+//!   inside each op; tract-linalg's `multithread-mm`, only with amfp's `tract-executor` feature:
+//!   `cargo build --profile ci --features tract-executor --example tract_bench`);
 //! - `split`: batches of `--batch` shared out between `--threads` scoped threads that run them
 //!   at once against one shared plan;
 //! - `amfp`: `amfp::model::Model` itself (what `amfp identify` loads) with `--batch` ROIs per
@@ -24,7 +25,8 @@
 //! `--profile` adds the time per op type (one extra run, single-threaded; per node with
 //! `--profile-nodes`), `--dump` the optimised graph's ops with their output shapes and info
 //! (the matrix kernel of each product), `--transform NAME` applies one of tract's model
-//! transforms (e.g. `conv_nhwc`) before code generation.
+//! transforms (e.g. `conv_nhwc`) before code generation. `--features` prints which optional
+//! ways this build has (`{"tract_executor": bool}`) and exits.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,7 +37,6 @@ use serde_json::json;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_core::internal::{EvalContext, OpState};
-use tract_onnx::prelude::multithread::Executor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -88,6 +89,10 @@ struct Args {
     /// Write the logits of the first measured run here (.npy), to check parity with onnxruntime.
     #[arg(long)]
     logits_out: Option<PathBuf>,
+    /// Print `{"tract_executor": bool}` (whether the `executor` mode and `amfp --batched` on
+    /// several threads are built in) and exit.
+    #[arg(long)]
+    features: bool,
 }
 
 type Plan = Arc<TypedRunnableModel>;
@@ -97,6 +102,10 @@ type Runner = Box<dyn Fn(&[f32]) -> TractResult<Vec<f32>> + Sync>;
 fn main() -> TractResult<()> {
     env_logger::init();
     let a = Args::parse();
+    if a.features {
+        println!("{}", json!({ "tract_executor": cfg!(feature = "tract-executor") }));
+        return Ok(());
+    }
     let (c, h, w, data) = load_input(&a)?;
     let roi_len = c * h * w;
     let rss_before_load = peak_rss_kb();
@@ -114,10 +123,7 @@ fn main() -> TractResult<()> {
         (Box::new(move |x: &[f32]| model.logits(x).map_err(|e| anyhow::anyhow!("{e}"))), None)
     } else {
         let typed = load_typed(&a.model, per_call, c, h, w, a.transform.as_deref())?;
-        let options = RunOptions {
-            executor: (a.mode == Mode::Executor && a.threads > 1).then(|| Executor::multithread(a.threads)),
-            ..Default::default()
-        };
+        let options = RunOptions { executor: executor(a.mode, a.threads)?, ..Default::default() };
         let plan: Plan = typed.clone().into_runnable_with_options(&options)?;
         let shape = [per_call, c, h, w];
         (
@@ -194,6 +200,17 @@ fn main() -> TractResult<()> {
     }
     println!("{report}");
     Ok(())
+}
+
+/// tract's multithread executor for the `executor` mode on several threads, if this build has it.
+fn executor(mode: Mode, threads: usize) -> TractResult<Option<multithread::Executor>> {
+    if mode != Mode::Executor || threads <= 1 {
+        return Ok(None);
+    }
+    #[cfg(feature = "tract-executor")]
+    return Ok(Some(multithread::Executor::multithread(threads)));
+    #[cfg(not(feature = "tract-executor"))]
+    anyhow::bail!("the executor mode needs tract's multithread executor: build with `--features tract-executor`")
 }
 
 fn load_typed(path: &Path, batch: usize, c: usize, h: usize, w: usize, transform: Option<&str>) -> TractResult<TypedModel> {

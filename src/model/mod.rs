@@ -79,6 +79,11 @@ pub enum ModelError {
     NotAnImageModel { path: PathBuf, detail: String },
     #[error("tract cannot run model {path}: {detail}")]
     Tract { path: PathBuf, detail: String },
+    #[error(
+        "a whole-batch plan on {threads} threads needs tract's multithread executor, which this build leaves out; \
+         build with `--features tract-executor`, or keep the per-ROI plan (the default), which shares ROIs between threads"
+    )]
+    NoExecutor { threads: usize },
 }
 
 /// Inference failed on a loaded model (a tract runtime error: rare, and a bug when it happens).
@@ -95,7 +100,9 @@ pub struct InferenceError {
 pub struct LoadOptions {
     /// Threads per [`Model::logits`] call. With `per_roi`, the batch's ROIs are shared out
     /// between that many scoped threads; without, tract's multithread executor (a private rayon
-    /// pool) runs inside each op. 1 runs everything on the caller's thread.
+    /// pool) runs inside each op, which only builds with the `tract-executor` feature (it is the
+    /// slowest way to use two cores, BENCHMARKS.md, and adds megabytes to the binary).
+    /// 1 runs everything on the caller's thread.
     pub threads: usize,
     /// Optimise the plan for one ROI and run a batch ROI by ROI (default): tract's lazy im2col
     /// only applies to a batch of one. `false` optimises for the whole batch (eager im2col).
@@ -161,11 +168,7 @@ impl Model {
                 meta.labels.len()
             )));
         }
-        let run_options = RunOptions {
-            executor: (threads > 1 && !options.per_roi)
-                .then(|| tract_onnx::prelude::multithread::Executor::multithread(threads)),
-            ..Default::default()
-        };
+        let run_options = RunOptions { executor: batch_executor(threads, options.per_roi)?, ..Default::default() };
         let plan = typed.into_runnable_with_options(&run_options).map_err(tract_err)?;
         Ok(Self { path: path.to_owned(), sha256, meta, signature, batch, plan_batch, threads, plan })
     }
@@ -204,6 +207,23 @@ impl Model {
         }
         Ok(p)
     }
+}
+
+/// tract's executor for a plan: its multithread one (a rayon pool inside each op) only for a
+/// whole-batch plan on several threads; per-ROI plans share ROIs between threads themselves.
+fn batch_executor(threads: usize, per_roi: bool) -> Result<Option<multithread::Executor>, ModelError> {
+    if threads <= 1 || per_roi { Ok(None) } else { multithread_executor(threads).map(Some) }
+}
+
+#[cfg(feature = "tract-executor")]
+fn multithread_executor(threads: usize) -> Result<multithread::Executor, ModelError> {
+    Ok(multithread::Executor::multithread(threads))
+}
+
+/// Without the `tract-executor` feature tract has no multithread executor to give.
+#[cfg(not(feature = "tract-executor"))]
+fn multithread_executor(threads: usize) -> Result<multithread::Executor, ModelError> {
+    Err(ModelError::NoExecutor { threads })
 }
 
 /// Runs `call` on every item and concatenates the results in item order, sharing the items
@@ -357,6 +377,46 @@ mod tests {
         let fails_at_7 = |x: &u32| if *x == 7 { Err(format!("item {x}")) } else { Ok(vec![*x]) };
         for threads in [1, 2, 3] {
             assert_eq!(run_in_order(&items, threads, fails_at_7), Err("item 7".to_string()));
+        }
+    }
+
+    /// Every way of running a batch gives the same probabilities (up to float rounding), and a
+    /// whole-batch plan on several threads is refused with the fix when tract's multithread
+    /// executor is not built in (the shipped configuration: Cargo.toml `tract-executor`).
+    #[test]
+    fn run_options_agree_and_a_missing_executor_is_refused() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/amfp-synth-v3.onnx");
+        let batch = 3;
+        let reference = Model::load(&path, batch).unwrap();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let input: Vec<f32> = (0..batch * reference.roi_len())
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32
+            })
+            .collect();
+        let want = reference.probabilities(&input).unwrap();
+        for options in [
+            LoadOptions { threads: 2, per_roi: true },
+            LoadOptions { threads: 1, per_roi: false },
+            LoadOptions { threads: 2, per_roi: false },
+        ] {
+            let refused = !cfg!(feature = "tract-executor") && options == LoadOptions { threads: 2, per_roi: false };
+            match Model::load_with(&path, batch, &options) {
+                Ok(model) => {
+                    assert!(!refused, "{options:?} loaded without tract's multithread executor");
+                    let got = model.probabilities(&input).unwrap();
+                    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                    assert!(worst < 1e-5, "{options:?}: probabilities differ by {worst}");
+                }
+                Err(e) => {
+                    assert!(refused, "{options:?}: {e}");
+                    assert!(matches!(e, ModelError::NoExecutor { threads: 2 }), "{e}");
+                    assert!(e.to_string().contains("--features tract-executor"), "{e}");
+                }
+            }
         }
     }
 
