@@ -202,15 +202,12 @@ fn main() -> TractResult<()> {
     Ok(())
 }
 
-/// tract's multithread executor for the `executor` mode on several threads, if this build has it.
+/// tract's multithread executor for the `executor` mode on several threads (an error naming
+/// the feature when this build leaves it out).
 fn executor(mode: Mode, threads: usize) -> TractResult<Option<multithread::Executor>> {
-    if mode != Mode::Executor || threads <= 1 {
-        return Ok(None);
-    }
-    #[cfg(feature = "tract-executor")]
-    return Ok(Some(multithread::Executor::multithread(threads)));
-    #[cfg(not(feature = "tract-executor"))]
-    anyhow::bail!("the executor mode needs tract's multithread executor: build with `--features tract-executor`")
+    (mode == Mode::Executor && threads > 1)
+        .then(|| amfp::model::multithread_executor(threads).map_err(|e| anyhow::anyhow!("the executor mode: {e}")))
+        .transpose()
 }
 
 fn load_typed(path: &Path, batch: usize, c: usize, h: usize, w: usize, transform: Option<&str>) -> TractResult<TypedModel> {

@@ -215,14 +215,16 @@ fn batch_executor(threads: usize, per_roi: bool) -> Result<Option<multithread::E
     if threads <= 1 || per_roi { Ok(None) } else { multithread_executor(threads).map(Some) }
 }
 
+/// tract's multithread executor on `threads` threads: the one place that knows it exists only
+/// with the `tract-executor` feature (the benchmark's `tract_bench` asks here too).
 #[cfg(feature = "tract-executor")]
-fn multithread_executor(threads: usize) -> Result<multithread::Executor, ModelError> {
+pub fn multithread_executor(threads: usize) -> Result<multithread::Executor, ModelError> {
     Ok(multithread::Executor::multithread(threads))
 }
 
 /// Without the `tract-executor` feature tract has no multithread executor to give.
 #[cfg(not(feature = "tract-executor"))]
-fn multithread_executor(threads: usize) -> Result<multithread::Executor, ModelError> {
+pub fn multithread_executor(threads: usize) -> Result<multithread::Executor, ModelError> {
     Err(ModelError::NoExecutor { threads })
 }
 
@@ -388,15 +390,9 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/amfp-synth-v3.onnx");
         let batch = 3;
         let reference = Model::load(&path, batch).unwrap();
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let input: Vec<f32> = (0..batch * reference.roi_len())
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32
-            })
-            .collect();
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let input: Vec<f32> = (0..batch * reference.roi_len()).map(|_| rng.random::<f32>()).collect();
         let want = reference.probabilities(&input).unwrap();
         for options in [
             LoadOptions { threads: 2, per_roi: true },
