@@ -5,12 +5,15 @@
   dynamo exporter's output has been less predictable for tract.
 * BatchNorm folded into the convs before export (EdgeNet.fuse); the export
   check below fails if a BatchNormalization node survives.
-* Input ``input`` NCHW float32 [N, C, roi, roi], output ``logits`` [N, classes].
+* Input ``input`` NCHW float32 [N, C, roi, roi], outputs ``logits`` [N, classes] and
+  ``embedding`` [N, D] (docs/gallery.md: the vector the linear head reads; EdgeNet's pooled
+  vector before dropout, a timm net's ``forward_head(pre_logits=True)``), declared by the
+  ``amfp.embedding_*`` keys. ``--no-embedding`` exports the logits alone.
   The batch is dynamic by default (``--batch 0``); ``--batch 16`` fixes it,
   which tract prefers (the daemon runs a fixed ROI batch).
 * Every ``amfp.*`` key of the contract is written; onnx.checker must pass and
-  onnxruntime must reproduce PyTorch's logits (max abs diff reported, 1e-4
-  tolerance by default).
+  onnxruntime must reproduce PyTorch's logits and embedding (max abs diff reported, 1e-4
+  tolerance relative to each output's scale by default).
 
 CLI::
 
@@ -28,7 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models import build_model, fold_batchnorm
+from .embedding import KEYS as EMBEDDING_KEYS
+from .embedding import OUTPUT as EMBEDDING_OUTPUT
+from .embedding import embedding_props
+from .models import WithEmbedding, build_model, fold_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +87,22 @@ def check_metadata(model_proto) -> None:
     out = model_proto.graph.output[0].type.tensor_type.shape.dim
     if out and out[-1].HasField("dim_value") and out[-1].dim_value != len(labels):
         raise ValueError(f"output has {out[-1].dim_value} classes, amfp.labels {len(labels)}")
+    given = [k for k in EMBEDDING_KEYS if k in props]
+    if given and len(given) != len(EMBEDDING_KEYS):
+        raise ValueError(f"the amfp.embedding_* keys come together: only {given}")
+    if given:
+        outs = {o.name: o for o in model_proto.graph.output}
+        name, dim = props["amfp.embedding_output"], int(props["amfp.embedding_dim"])
+        if name not in outs:
+            raise ValueError(f"amfp.embedding_output {name!r} is not a graph output")
+        e = outs[name].type.tensor_type
+        if e.elem_type != 1 or len(e.shape.dim) != 2 or (e.shape.dim[1].HasField("dim_value")
+                                                         and e.shape.dim[1].dim_value != dim):
+            raise ValueError(f"output {name!r} is not float32 [N, {dim}]")
 
 
 def export(checkpoint: str | Path, out: str | Path, batch: int = 0, name: str | None = None,
-           atol: float = 1e-4, parity_rois: int = 16, seed: int = 0) -> dict:
+           atol: float = 1e-4, parity_rois: int = 16, seed: int = 0, embedding: bool = True) -> dict:
     """Export, attach metadata, check; returns {'path', 'max_abs_diff', ...}."""
     import onnx
 
@@ -97,17 +115,24 @@ def export(checkpoint: str | Path, out: str | Path, batch: int = 0, name: str | 
     dummy = torch.zeros(n, c, r, r)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    net = WithEmbedding(model).eval() if embedding else model
+    outputs = ["logits", EMBEDDING_OUTPUT] if embedding else ["logits"]
+    with torch.no_grad():
+        dim = int(net(dummy)[1].shape[1]) if embedding else 0
     with warnings.catch_warnings():  # the TorchScript exporter is chosen on purpose (tract)
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (dummy,), str(out), dynamo=False, opset_version=17,
-            input_names=["input"], output_names=["logits"], do_constant_folding=True,
-            dynamic_axes=None if batch else {"input": {0: "n"}, "logits": {0: "n"}},
+            net, (dummy,), str(out), dynamo=False, opset_version=17,
+            input_names=["input"], output_names=outputs, do_constant_folding=True,
+            dynamic_axes=None if batch else {k: {0: "n"} for k in ["input", *outputs]},
         )
     m = onnx.load(str(out))
     del m.graph.value_info[:]  # keep tract's fixed batch free of symbolic dims
     del m.metadata_props[:]
-    for k, v in metadata_props(meta).items():
+    props = metadata_props(meta)
+    if embedding:
+        props.update(embedding_props(dim))
+    for k, v in props.items():
         m.metadata_props.add(key=k, value=v)
     m.doc_string = f"amfp model {meta['name']}: {meta['task']} from {r}px ROIs at {meta['pixel_size_um']} um/px"
     onnx.checker.check_model(m, full_check=True)
@@ -123,10 +148,11 @@ def export(checkpoint: str | Path, out: str | Path, batch: int = 0, name: str | 
     g = np.random.default_rng(seed)
     x = g.standard_normal((batch or parity_rois, c, r, r)).astype(np.float32)
     sess = ort_session(out)
-    y_ort = sess.run(None, {"input": x})[0]
+    got = sess.run(outputs, {"input": x})
     with torch.no_grad():
-        y_pt = model(torch.from_numpy(x)).numpy()
-    diff = float(np.abs(y_ort - y_pt).max())
+        y_pt = model(torch.from_numpy(x)).numpy()  # the plain model: the wrapper must not change the logits
+        e_pt = net(torch.from_numpy(x))[1].numpy() if embedding else None
+    diff = float(np.abs(got[0] - y_pt).max())
     scale = float(np.abs(y_pt).max())
     info = {"path": str(out), "max_abs_diff": diff, "logit_scale": scale, "batch": batch or "dynamic",
             "batchnorm_nodes": len(bn), "ops": sorted({nd.op_type for nd in m.graph.node})}
@@ -134,6 +160,13 @@ def export(checkpoint: str | Path, out: str | Path, batch: int = 0, name: str | 
              info["ops"])
     if diff > atol * max(1.0, scale):
         raise AssertionError(f"ONNX Runtime differs from PyTorch by {diff:.3g} (> {atol} x {max(1.0, scale):.3g})")
+    if embedding:
+        ediff = float(np.abs(got[1] - e_pt).max())
+        escale = float(np.abs(e_pt).max())
+        info.update(embedding_dim=dim, embedding_max_abs_diff=ediff, embedding_scale=escale)
+        log.info("embedding [N, %d]: ORT vs torch max |diff| %.2e (values up to %.2f)", dim, ediff, escale)
+        if got[1].shape != (len(x), dim) or ediff > atol * max(1.0, escale):
+            raise AssertionError(f"embedding: ONNX Runtime {got[1].shape} differs from PyTorch by {ediff:.3g}")
     return info
 
 
@@ -144,9 +177,11 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=0, help="fixed batch (0: dynamic)")
     ap.add_argument("--name", help="amfp.name (default: the checkpoint's)")
     ap.add_argument("--atol", type=float, default=1e-4)
+    ap.add_argument("--no-embedding", action="store_true", help="logits only (no embedding output)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    print(json.dumps(export(a.checkpoint, a.out, a.batch, a.name, a.atol), indent=1))
+    print(json.dumps(export(a.checkpoint, a.out, a.batch, a.name, a.atol, embedding=not a.no_embedding),
+                     indent=1))
 
 
 if __name__ == "__main__":

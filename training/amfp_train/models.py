@@ -83,14 +83,18 @@ class EdgeNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(cin * (2 if pool == "avgstd" else 1), num_classes)
 
-    def forward(self, x):
+    def embed(self, x):
+        """The pooled vector the head reads (before dropout): the part embedding's per-ROI rows."""
         x = self.features(x)
         m = F.adaptive_avg_pool2d(x, 1).flatten(1)  # exports as GlobalAveragePool
         if self.pool == "avgstd":
             m2 = (x * x).mean(dim=(2, 3))
             s = torch.sqrt(F.relu(m2 - m * m) + 1e-6)
             m = torch.cat([m, s], 1)
-        return self.head(self.dropout(m))
+        return m
+
+    def forward(self, x):
+        return self.head(self.dropout(self.embed(x)))
 
     def fuse(self) -> "EdgeNet":
         for mod in self.features:
@@ -113,6 +117,24 @@ def build_model(arch: str, num_classes: int, channels: int = 1, pretrained: bool
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise RuntimeError(f"backbone {arch!r} needs timm (pip install timm)") from e
     return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=channels)
+
+
+class WithEmbedding(nn.Module):
+    """(logits, embedding) of a model in eval mode: the embedding is the vector its final linear
+    layer reads (EdgeNet: the pooled vector before dropout; timm: ``forward_head(pre_logits=True)``),
+    the logits that layer applied to it, so both come from one pass (docs/gallery.md)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        m = self.model
+        if isinstance(m, EdgeNet):
+            e = m.embed(x)
+            return m.head(m.dropout(e)), e
+        e = m.forward_head(m.forward_features(x), pre_logits=True)
+        return m.get_classifier()(e), e
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

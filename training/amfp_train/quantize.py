@@ -15,6 +15,11 @@
   must be evaluated on a retrained model first.
 * All ``amfp.*`` metadata of the f32 model is copied (quantize_static does not
   promise to keep it) and ``amfp.name`` gets an ``-int8`` suffix.
+* The embedding output (docs/gallery.md), when the f32 model has one, stays float32 under the
+  same name: the graph is quantized without it (so the quantizer neither quantizes it to uint8
+  nor changes anything for it) and ``embedding.add_embedding_output``'s surgery puts it back on
+  the int8 graph, taking the float tensor before the head's QuantizeLinear. The int8 logits are
+  therefore exactly those of a model quantized without the output.
 
 CLI::
 
@@ -89,11 +94,14 @@ def quantize(model: str | Path, data, out: str | Path, n_rois: int = 256, method
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
+    from .embedding import add_embedding_to_proto, check_embedding, strip_embedding_output
     from .evaluate import ort_session, read_meta
 
     meta = read_meta(model)
     src = onnx.load(str(model))
     props = {p.key: p.value for p in src.metadata_props}
+    emb_name = props.get("amfp.embedding_output")
+    emb_kind = props.get("amfp.embedding_kind")
     b = fixed_batch(src) or 16
     batches = calibration_batches(meta, data, n_rois, b, seed, ds)
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -101,14 +109,22 @@ def quantize(model: str | Path, data, out: str | Path, n_rois: int = 256, method
     out = Path(out)
     if fmt not in ("qdq", "qoperator"):
         raise ValueError(f"format {fmt!r}: qdq or qoperator")
-    quantize_static(
-        str(model), str(out), RoiReader(batches),
-        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator, per_channel=per_channel,
-        op_types_to_quantize=None if fmt == "qdq" else ["Conv", "Relu"],
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=methods[method],
-        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-    )
+    plain = model
+    if emb_name:  # quantize the graph without the embedding output (added back below)
+        plain = out.with_name(out.name + ".no-embedding.tmp.onnx")
+        onnx.save(strip_embedding_output(onnx.load(str(model))), str(plain))
+    try:
+        quantize_static(
+            str(plain), str(out), RoiReader(batches),
+            quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator, per_channel=per_channel,
+            op_types_to_quantize=None if fmt == "qdq" else ["Conv", "Relu"],
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+    finally:
+        if plain != model:
+            Path(plain).unlink(missing_ok=True)
     q = onnx.load(str(out))
     del q.graph.value_info[:]
     del q.metadata_props[:]
@@ -117,6 +133,13 @@ def quantize(model: str | Path, data, out: str | Path, n_rois: int = 256, method
         q.metadata_props.add(key=k, value=v)
     q.doc_string = src.doc_string + f" (int8 {'QDQ' if fmt == 'qdq' else 'QOperator'}, " \
         f"{'per-channel' if per_channel else 'per-tensor'} weights)"
+    emb_info = None
+    if emb_name:
+        before = onnx.load(str(out))  # as quantized, without the output
+        head = add_embedding_to_proto(q, emb_name, emb_kind)  # sets the three keys again
+        if props.get("amfp.embedding_dim") != str(head["dim"]):
+            raise ValueError(f"int8 embedding width {head['dim']} != f32's {props.get('amfp.embedding_dim')}")
+        emb_info = check_embedding(before, q, name=emb_name)
     onnx.checker.check_model(q, full_check=False)
     onnx.save(q, str(out))
 
@@ -132,6 +155,12 @@ def quantize(model: str | Path, data, out: str | Path, n_rois: int = 256, method
             "bytes_f32": Path(model).stat().st_size, "bytes_int8": out.stat().st_size,
             "argmax_agreement_calib": float((y32.argmax(1) == y8.argmax(1)).mean()),
             "max_abs_logit_diff_calib": float(np.abs(y32 - y8).max())}
+    if emb_name:
+        e32 = np.concatenate([s32.run([emb_name], {"input": x[i:i + b]})[0] for i in range(0, len(x), b)])
+        e8 = np.concatenate([s8.run([emb_name], {"input": x[i:i + b]})[0] for i in range(0, len(x), b)])
+        info["embedding"] = {"output": emb_name, "dim": int(e8.shape[1]), "source": emb_info["source"],
+                             "max_abs_diff_calib": float(np.abs(e32 - e8).max()),
+                             "scale_calib": float(np.abs(e32).max())}
     log.info("int8 %s: %s", out, json.dumps(info))
     return info
 
