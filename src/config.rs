@@ -74,11 +74,46 @@ pub struct ModelSettings {
     /// one part at a time can cut its latency with 2 on a multi-core board; `amfp identify
     /// --threads` judges several parts at once instead (docs/performance.md).
     pub threads: usize,
+    /// The primary model's fingerprint gallery (docs/gallery.md): `auto` (the one beside the
+    /// model, when there is one), `off` (the vote alone) or a path.
+    pub gallery: GalleryChoice,
 }
 
 impl Default for ModelSettings {
     fn default() -> Self {
-        Self { path: None, extra: Vec::new(), threads: 1 }
+        Self { path: None, extra: Vec::new(), threads: 1, gallery: GalleryChoice::Auto }
+    }
+}
+
+/// Which fingerprint gallery the primary model judges with (`model.gallery`, `--gallery`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum GalleryChoice {
+    /// `<model>.gallery.json` beside the model, when it exists.
+    Auto,
+    /// None: verdicts by the vote alone (the paper's rule).
+    Off,
+    /// This file.
+    Path(PathBuf),
+}
+
+impl From<String> for GalleryChoice {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "auto" => Self::Auto,
+            "off" => Self::Off,
+            _ => Self::Path(PathBuf::from(s)),
+        }
+    }
+}
+
+impl From<GalleryChoice> for String {
+    fn from(c: GalleryChoice) -> Self {
+        match c {
+            GalleryChoice::Auto => "auto".into(),
+            GalleryChoice::Off => "off".into(),
+            GalleryChoice::Path(p) => p.display().to_string(),
+        }
     }
 }
 
@@ -251,6 +286,7 @@ const ALLOWED: &[(&str, &str)] = &[
     ("model.path", "a path to an ONNX model exported for amfp"),
     ("model.extra", "a list of paths to ONNX models exported for amfp"),
     ("model.threads", "a whole number of threads per inference call from 1 to 64"),
+    ("model.gallery", "auto (the gallery beside the model), off (the vote alone) or a path to a gallery file"),
     ("camera.pixel_um", PIXEL_ALLOWED),
     ("camera.mask", "auto, otsu or full"),
     ("camera.device", "a path to a V4L2 device node, e.g. /dev/video0"),
@@ -380,6 +416,9 @@ impl Settings {
         }
         if !(1..=64).contains(&self.model.threads) {
             out_of("model.threads", self.model.threads.to_string());
+        }
+        if self.model.gallery == GalleryChoice::Path(PathBuf::new()) {
+            out_of("model.gallery", "an empty path".into());
         }
         if self.model.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             out_of("model.path", "an empty path".into());

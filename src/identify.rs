@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::capture::Frame;
-use crate::config::Settings;
-use crate::model::{InferenceError, Model};
+use crate::config::{GalleryChoice, Settings};
+use crate::gallery::{Gallery, GalleryError, Match};
+use crate::model::{InferenceError, LoadOptions, Model, ModelError};
 use crate::optics::{self, ModelGeometry};
 use crate::reject::{PixelSizeSource, Rejection};
 use crate::result::{
-    AttributeResult, Attribution, Candidate, ClaimCheck, ClaimStatus, EnvelopeReport, Judgement, ModelRef, RoiUse,
-    SourceInfo, Timing, Verdict, ViewReport,
+    AttributeResult, Attribution, Candidate, ClaimCheck, ClaimStatus, EnvelopeReport, GalleryReport, Judgement, ModelRef,
+    OpenSetMode, RoiUse, SourceInfo, Timing, Verdict, ViewReport,
 };
 use crate::roi::{MaskMode, PartSurface};
 use crate::vote::{Ballot, StopRule, Tally, VoteRule};
@@ -48,6 +49,67 @@ pub fn model_paths(settings: &Settings, flags: &[PathBuf]) -> Vec<PathBuf> {
     std::iter::once(primary).chain(settings.model.extra.iter().cloned()).collect()
 }
 
+/// A model or its gallery cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Gallery(#[from] GalleryError),
+}
+
+/// Loads the models to judge with (see [`model_paths`]) and the primary model's fingerprint
+/// gallery (`gallery`: the file beside the model when there is one, a given file, or none;
+/// docs/gallery.md). Further models use the gallery beside them when there is one.
+pub fn load_models(
+    paths: &[PathBuf],
+    batch: usize,
+    load: &LoadOptions,
+    gallery: &GalleryChoice,
+) -> Result<(Vec<Model>, Vec<Option<Gallery>>), LoadError> {
+    let mut models = Vec::with_capacity(paths.len());
+    let mut galleries = Vec::with_capacity(paths.len());
+    for (i, path) in paths.iter().enumerate() {
+        let model = Model::load_with(path, batch, load)?;
+        log::info!(
+            "model {} ({}, {} labels, sha256 {})",
+            model.meta.name,
+            path.display(),
+            model.meta.labels.len(),
+            &model.sha256[..12]
+        );
+        let beside = crate::gallery::beside(path);
+        let chosen = match gallery {
+            GalleryChoice::Path(p) if i == 0 => Some(p.clone()),
+            GalleryChoice::Off if i == 0 => None,
+            _ => (model.meta.embedding.is_some() && beside.is_file()).then_some(beside.clone()),
+        };
+        let loaded = chosen.map(|p| Gallery::load(&p, &model)).transpose()?;
+        match &loaded {
+            Some(g) => log::info!(
+                "gallery {} (version {}, {} machines, sha256 {}): verdicts by distance to each machine's fingerprint",
+                g.path.display(),
+                g.version,
+                g.machines.len(),
+                &g.sha256[..12]
+            ),
+            None if matches!(gallery, GalleryChoice::Off) && i == 0 => {
+                log::info!("model {}: no gallery (model.gallery = \"off\"): verdicts by the vote alone", model.meta.name)
+            }
+            None => log::warn!(
+                "model {} has no fingerprint gallery ({} {}): verdicts by the vote alone, which names a known machine \
+                 even for surfaces the model has never seen (docs/gallery.md)",
+                model.meta.name,
+                if model.meta.embedding.is_some() { "none at" } else { "it has no embedding output; looked for" },
+                beside.display()
+            ),
+        }
+        models.push(model);
+        galleries.push(loaded);
+    }
+    Ok((models, galleries))
+}
+
 /// How the pipeline draws ROIs and votes, from the configuration and flags.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdentifyOptions {
@@ -64,6 +126,8 @@ pub struct IdentifyOptions {
     pub mask: MaskMode,
     /// Device id reported in results.
     pub device: String,
+    /// Report each part's mean embedding in its judgement (`amfp identify --with-embedding`).
+    pub with_embedding: bool,
 }
 
 impl IdentifyOptions {
@@ -81,6 +145,7 @@ impl IdentifyOptions {
             min_surface_rois: i.min_surface_rois,
             mask: s.camera.mask,
             device: s.device.id.clone().unwrap_or_else(host_name),
+            with_embedding: false,
         }
     }
 }
@@ -134,6 +199,8 @@ pub struct RoiRecord {
     pub inputs: Vec<f32>,
     /// SoftMax rows, `corners.len()` x classes.
     pub probabilities: Vec<f32>,
+    /// Embedding rows, `corners.len()` x the model's embedding width (empty without one).
+    pub embeddings: Vec<f32>,
     /// [channels, roi, roi].
     pub roi_shape: [usize; 3],
     pub classes: usize,
@@ -143,6 +210,8 @@ pub struct RoiRecord {
 #[derive(Debug)]
 pub struct Identifier {
     models: Vec<Model>,
+    /// Each model's fingerprint gallery, when it has one.
+    galleries: Vec<Option<Gallery>>,
     options: IdentifyOptions,
 }
 
@@ -154,7 +223,7 @@ struct Refusal {
 
 /// One model's run over a frame (its outcome and costs) before it becomes part of an Attribution.
 struct ModelRun {
-    outcome: Result<Tally, Rejection>,
+    outcome: Result<Reading, Rejection>,
     max_rois: usize,
     envelope: Option<EnvelopeReport>,
     preprocess_ms: f64,
@@ -162,13 +231,37 @@ struct ModelRun {
     record: Option<RoiRecord>,
     /// Each frame's share of the vote, or why it was left out.
     views: Vec<ViewReport>,
+    /// The part's mean embedding, when asked for and the model has one.
+    embedding: Option<Vec<f32>>,
+}
+
+/// What a model made of a part it could judge: the vote, the gallery's reading (gallery mode)
+/// and the label it names, or why it names none.
+struct Reading {
+    tally: Tally,
+    matched: Option<Match>,
+    label: Result<String, String>,
 }
 
 impl Identifier {
-    /// An identifier over `models` (the first is the primary; at least one).
+    /// An identifier over `models` (the first is the primary; at least one), judging by the
+    /// vote alone.
     pub fn new(models: Vec<Model>, options: IdentifyOptions) -> Self {
+        let galleries = vec![None; models.len()];
+        Self::with_galleries(models, galleries, options)
+    }
+
+    /// An identifier over `models`, each judging by the distance to its gallery's fingerprints
+    /// when it has one (`galleries[i]` for `models[i]`), by the vote otherwise.
+    pub fn with_galleries(models: Vec<Model>, galleries: Vec<Option<Gallery>>, options: IdentifyOptions) -> Self {
         assert!(!models.is_empty(), "an identifier needs at least one model");
-        Self { models, options }
+        assert_eq!(models.len(), galleries.len(), "one gallery slot per model");
+        Self { models, galleries, options }
+    }
+
+    /// Each model's gallery, when it has one (in model order).
+    pub fn galleries(&self) -> &[Option<Gallery>] {
+        &self.galleries
     }
 
     /// The loaded models, primary first.
@@ -211,7 +304,7 @@ impl Identifier {
         let exposures: Vec<Result<(), Rejection>> = views.iter().map(|v| optics::check_exposure(v.frame)).collect();
         let mut judgements = Vec::with_capacity(self.models.len());
         for (i, model) in self.models.iter().enumerate() {
-            judgements.push(self.judge(model, views, &exposures, record && i == 0)?);
+            judgements.push(self.judge(model, self.galleries[i].as_ref(), views, &exposures, record && i == 0)?);
         }
         let mut judgements = judgements.into_iter();
         let primary = judgements.next().expect("at least one model");
@@ -224,11 +317,10 @@ impl Identifier {
             inference: primary.inference_ms + others.iter().map(|j| j.inference_ms).sum::<f64>(),
             total: capture_ms + elapsed,
         };
-        let attributes = self.models[1..].iter().zip(&others).map(|(m, j)| self.attribute(m, j)).collect();
-        let head = self.attribute(&self.models[0], &primary);
-        let model = &self.models[0];
+        let attributes = (1..self.models.len()).zip(&others).map(|(i, j)| self.attribute(i, j)).collect();
+        let head = self.attribute(0, &primary);
         let first = &views[0];
-        let claim = first.claim.map(|c| claim_check(model, c, &primary.outcome));
+        let claim = first.claim.map(|c| claim_check(&self.models[0], self.galleries[0].as_ref(), c, &primary.outcome));
         let source = primary.views.iter().position(|v| v.reason.is_none()).map_or(&first.source, |i| &views[i].source);
         let attribution = Attribution {
             id: ulid::Ulid::generate().to_string(),
@@ -278,10 +370,12 @@ impl Identifier {
         }
     }
 
-    /// Envelope, part mask, ROIs and the vote of one model over the frames of one part.
+    /// Envelope, part mask, ROIs, the vote and the gallery's reading of one model over the
+    /// frames of one part.
     fn judge(
         &self,
         model: &Model,
+        gallery: Option<&Gallery>,
         views: &[Inspection],
         exposures: &[Result<(), Rejection>],
         record: bool,
@@ -320,26 +414,33 @@ impl Identifier {
                 inference_ms: 0.0,
                 record: None,
                 views: view_reports,
+                embedding: None,
             });
         };
         let order = interleave_rois(&surfaces, max_rois, self.options.seed);
         let roi_len = model.roi_len();
         let classes = meta.labels.len();
         let batch = model.batch();
+        // In gallery mode the vote only has to settle its leader: the gallery says known or not.
+        let vote_threshold = if gallery.is_some() { 0.0 } else { meta.unknown_threshold as f64 };
         let rule = VoteRule {
             max_rois,
             stop: self.options.stop,
             min_rois: self.options.min_rois,
             z: self.options.z,
-            unknown_threshold: meta.unknown_threshold as f64,
+            unknown_threshold: vote_threshold,
         };
         let mut ballot = Ballot::new(classes);
+        let mut print = gallery.map(Gallery::part);
+        let dim = model.embedding_dim().unwrap_or(0);
+        let mut embedding_sum = (self.options.with_embedding && dim > 0).then(|| vec![0.0f64; dim]);
         let mut input = vec![0.0f32; batch * roi_len];
         let mut rec = record.then(|| RoiRecord {
             corners: Vec::new(),
             views: Vec::new(),
             inputs: Vec::new(),
             probabilities: Vec::new(),
+            embeddings: Vec::new(),
             roi_shape: [meta.channels as usize, meta.roi_px as usize, meta.roi_px as usize],
             classes,
         });
@@ -354,10 +455,20 @@ impl Identifier {
             }
             preprocess_ms += elapsed_ms(t);
             let t = Instant::now();
-            let probs = model.probabilities(&input)?;
+            let mut out = model.run(&input)?;
+            model.softmax_rows(&mut out.logits);
+            let probs = out.logits;
             inference_ms += elapsed_ms(t);
+            let mut rows = out.embeddings.chunks(dim.max(1));
             for (k, row) in probs.chunks(classes).take(chunk.len()).enumerate() {
                 ballot.add(row);
+                let embedding = rows.next().unwrap_or_default();
+                if let Some(p) = print.as_mut() {
+                    p.add(embedding);
+                }
+                if let Some(sum) = embedding_sum.as_mut() {
+                    sum.iter_mut().zip(embedding).for_each(|(s, &v)| *s += v as f64);
+                }
                 let (s, corner) = chunk[k];
                 let view = surfaces[s].0;
                 view_reports[view].rois += 1;
@@ -366,19 +477,27 @@ impl Identifier {
                     r.views.push(view as u32);
                     r.inputs.extend_from_slice(&input[k * roi_len..(k + 1) * roi_len]);
                     r.probabilities.extend_from_slice(row);
+                    r.embeddings.extend_from_slice(embedding);
                 }
             }
-            if ballot.settled(&rule) {
+            if ballot.settled(&rule) && print.as_ref().is_none_or(|p| p.settled(max_rois, rule.z)) {
                 break;
             }
         }
         let tally = ballot.tally(rule.unknown_threshold);
+        let used = tally.used;
+        let reading = match (gallery, print) {
+            (Some(g), Some(p)) => gallery_reading(model, g, tally, p.matched()),
+            _ => vote_reading(model, tally),
+        };
         // An identified part's process may need larger samples than this model's (docs/envelope.md).
-        let outcome = match meta.process_of(&meta.labels[tally.leader]) {
-            Some(process) if tally.known => optics::check_process_sample(&geometry, process).map(|()| tally),
-            _ => Ok(tally),
+        let process = reading.label.as_ref().ok().and_then(|l| process_of(model, gallery, l));
+        let outcome = match process {
+            Some(process) => optics::check_process_sample(&geometry, &process).map(|()| reading),
+            None => Ok(reading),
         };
         report.ok &= outcome.is_ok();
+        let embedding = embedding_sum.map(|s| s.iter().map(|v| (v / used.max(1) as f64) as f32).collect());
         Ok(ModelRun {
             outcome,
             max_rois,
@@ -387,92 +506,156 @@ impl Identifier {
             inference_ms,
             record: rec,
             views: view_reports,
+            embedding,
         })
     }
 
-    /// One model's judgement as reported.
-    fn attribute(&self, model: &Model, j: &ModelRun) -> AttributeResult {
+    /// One model's judgement as reported (`index` into the models).
+    fn attribute(&self, index: usize, j: &ModelRun) -> AttributeResult {
+        let model = &self.models[index];
+        let gallery = self.galleries[index].as_ref();
         let meta = &model.meta;
         let model_ref = ModelRef { name: meta.name.clone(), task: meta.task.clone(), sha256: model.sha256.clone() };
-        match &j.outcome {
-            Err(rejection) => AttributeResult {
-                model: model_ref,
-                judgement: Judgement {
-                    verdict: Verdict::Rejected,
-                    reason: Some(rejection.to_string()),
-                    reason_code: Some(rejection.code().into()),
-                    label: None,
-                    process: None,
-                    score: None,
-                    margin: None,
-                    top: Vec::new(),
-                    rois: None,
-                },
+        let judgement = match &j.outcome {
+            Err(rejection) => Judgement {
+                verdict: Verdict::Rejected,
+                reason: Some(rejection.to_string()),
+                reason_code: Some(rejection.code().into()),
+                label: None,
+                process: None,
+                score: None,
+                margin: None,
+                top: Vec::new(),
+                rois: None,
+                mode: None,
+                gallery: None,
+                embedding: None,
             },
-            Ok(tally) => {
+            Ok(reading) => {
+                let tally = &reading.tally;
                 let top = tally
                     .ranking
                     .iter()
                     .take(self.options.top_k)
                     .map(|&(i, score)| Candidate { label: meta.labels[i].clone(), score: round4(score) })
                     .collect();
-                let leader = &meta.labels[tally.leader];
-                let (verdict, label, reason) = if tally.known {
-                    (Verdict::Identified, Some(leader.clone()), None)
-                } else {
-                    let why = format!(
-                        "no known {} fits: the nearest, {leader}, has {:.2} of the vote, under the model's threshold {:.2}",
-                        meta.task, tally.score, meta.unknown_threshold
-                    );
-                    (Verdict::Unknown, None, Some(why))
+                let (verdict, label, reason) = match &reading.label {
+                    Ok(label) => (Verdict::Identified, Some(label.clone()), None),
+                    Err(why) => (Verdict::Unknown, None, Some(why.clone())),
                 };
-                let process = label.as_deref().and_then(|l| meta.process_of(l)).map(String::from);
-                AttributeResult {
-                    model: model_ref,
-                    judgement: Judgement {
-                        verdict,
-                        reason,
-                        reason_code: None,
-                        label,
-                        process,
-                        score: Some(round4(tally.score)),
-                        margin: Some(round4(tally.margin)),
-                        top,
-                        rois: Some(RoiUse { used: tally.used, max: j.max_rois, early_stop: tally.used < j.max_rois }),
-                    },
+                let process = label.as_deref().and_then(|l| process_of(model, gallery, l));
+                let report = gallery.zip(reading.matched.as_ref()).map(|(g, m)| GalleryReport {
+                    distance: round4(m.distance),
+                    plain_distance: round4(m.plain_distance),
+                    threshold: round4(g.threshold),
+                    outlier_threshold: round4(g.outlier_threshold),
+                    nearest: g.machines[m.nearest].label.clone(),
+                    runner_up: g.machines[m.runner_up.0].label.clone(),
+                    runner_up_distance: round4(m.runner_up.1),
+                    version: g.version,
+                    sha256: g.sha256.clone(),
+                });
+                Judgement {
+                    verdict,
+                    reason,
+                    reason_code: None,
+                    label,
+                    process,
+                    score: Some(round4(tally.score)),
+                    margin: Some(round4(tally.margin)),
+                    top,
+                    rois: Some(RoiUse { used: tally.used, max: j.max_rois, early_stop: tally.used < j.max_rois }),
+                    mode: Some(if report.is_some() { OpenSetMode::Gallery } else { OpenSetMode::Vote }),
+                    gallery: report,
+                    embedding: j.embedding.clone(),
                 }
             }
-        }
+        };
+        AttributeResult { model: model_ref, judgement }
     }
 }
 
-/// Whether the evidence is consistent with a claimed label (docs/identify.md, "Claims").
-fn claim_check(model: &Model, claim: &str, outcome: &Result<Tally, Rejection>) -> ClaimCheck {
+/// The vote's reading (the paper's mode, for models without a gallery): the leader is named
+/// when its share reaches the model's `amfp.unknown_threshold`.
+fn vote_reading(model: &Model, tally: Tally) -> Reading {
+    let meta = &model.meta;
+    let leader = &meta.labels[tally.leader];
+    let label = if tally.known {
+        Ok(leader.clone())
+    } else {
+        Err(format!(
+            "no known {} fits: the nearest, {leader}, has {:.2} of the vote, under the model's threshold {:.2}",
+            meta.task, tally.score, meta.unknown_threshold
+        ))
+    };
+    Reading { tally, matched: None, label }
+}
+
+/// The gallery's reading: the nearest machine is named when the part is near enough to its
+/// fingerprint and the vote does not name another of the model's labels (docs/gallery.md).
+fn gallery_reading(model: &Model, gallery: &Gallery, tally: Tally, matched: Match) -> Reading {
+    let labels = &model.meta.labels;
+    let nearest = &gallery.machines[matched.nearest].label;
+    let voted = &labels[tally.leader];
+    let label = if let Some(why) = matched.unknown_because(gallery) {
+        Err(why)
+    } else if voted != nearest && labels.contains(nearest) {
+        Err(format!(
+            "the evidence disagrees with itself: the nearest fingerprint is {nearest} (distance {:.1}), but the vote \
+             names {voted} ({:.2} of it)",
+            matched.distance, tally.score
+        ))
+    } else {
+        Ok(nearest.clone())
+    };
+    Reading { tally, matched: Some(matched), label }
+}
+
+/// The process of a label: the gallery's record of it, else the model's.
+fn process_of(model: &Model, gallery: Option<&Gallery>, label: &str) -> Option<String> {
+    gallery
+        .and_then(|g| g.machines.iter().find(|m| m.label == label))
+        .and_then(|m| m.process.clone())
+        .or_else(|| model.meta.process_of(label).map(String::from))
+}
+
+/// Whether the evidence is consistent with a claimed label (docs/identify.md, "Claims"). With a
+/// gallery the claimed machine's fingerprint is the reference: its distance is reported.
+fn claim_check(model: &Model, gallery: Option<&Gallery>, claim: &str, outcome: &Result<Reading, Rejection>) -> ClaimCheck {
     let labels = &model.meta.labels;
     let index = labels.iter().position(|l| l == claim);
-    let known_label = index.is_some();
-    let (status, score) = match outcome {
-        Err(_) => (ClaimStatus::Unjudged, None),
-        Ok(tally) => {
+    let machine = gallery.and_then(|g| g.machines.iter().position(|m| m.label == claim));
+    let known_label = match gallery {
+        Some(_) => machine.is_some(),
+        None => index.is_some(),
+    };
+    let (status, score, distance) = match outcome {
+        Err(_) => (ClaimStatus::Unjudged, None, None),
+        Ok(reading) => {
+            let tally = &reading.tally;
             let score = index.and_then(|i| tally.ranking.iter().find(|r| r.0 == i)).map(|r| round4(r.1));
-            let status = if !tally.known {
-                ClaimStatus::Unconfirmed
-            } else if Some(tally.leader) == index {
-                ClaimStatus::Confirmed
-            } else {
-                ClaimStatus::Contradicted
+            let distance = reading
+                .matched
+                .as_ref()
+                .zip(machine)
+                .and_then(|(m, k)| m.ranking.iter().find(|r| r.0 == k))
+                .map(|r| round4(r.1));
+            let status = match &reading.label {
+                Err(_) => ClaimStatus::Unconfirmed,
+                Ok(label) if label == claim => ClaimStatus::Confirmed,
+                Ok(_) => ClaimStatus::Contradicted,
             };
-            (status, score)
+            (status, score, distance)
         }
     };
     let consistent = match status {
         ClaimStatus::Unjudged => None,
         ClaimStatus::Confirmed => Some(true),
         ClaimStatus::Contradicted => Some(false),
-        // Unknown part: the model cannot back a machine it knows, but a source it does not know fits.
+        // Unknown part: a known machine is not supported, but a source amfp does not know fits.
         ClaimStatus::Unconfirmed => Some(!known_label),
     };
-    ClaimCheck { label: claim.to_string(), consistent, status, known_label, score }
+    ClaimCheck { label: claim.to_string(), consistent, status, known_label, score, distance }
 }
 
 /// The order in which ROIs are voted over the usable frames of one part: `(index into

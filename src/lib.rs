@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod envelope;
 pub mod envelope_plot;
+pub mod gallery;
 pub mod identify;
 pub mod logging;
 pub mod memory;

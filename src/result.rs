@@ -12,7 +12,8 @@ pub use crate::vote::Candidate;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
-    /// A known machine (label) fits: the vote's share reaches the model's threshold.
+    /// A known machine (label) fits: the part is near its fingerprint (or, without a gallery,
+    /// the vote's share reaches the model's threshold).
     Identified,
     /// No known machine fits well enough: the part may come from a machine the model never saw.
     Unknown,
@@ -79,6 +80,41 @@ pub struct ClaimCheck {
     /// The claimed label's share of the vote (absent for labels the model does not know).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub score: Option<f64>,
+    /// The part's relative distance to the claimed machine's fingerprint (gallery mode, when the
+    /// gallery knows the machine; docs/gallery.md).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub distance: Option<f64>,
+}
+
+/// How a judged part's verdict was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenSetMode {
+    /// By the distance to each known machine's fingerprint in the model's gallery.
+    Gallery,
+    /// By the vote's share alone (the paper's rule; models without a gallery).
+    Vote,
+}
+
+/// The gallery's reading of a part (docs/gallery.md): the distances behind the verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GalleryReport {
+    /// Relative Mahalanobis distance to the nearest machine's fingerprint.
+    pub distance: f64,
+    /// Plain (squared) Mahalanobis distance to it.
+    pub plain_distance: f64,
+    /// The gallery's threshold on `distance`.
+    pub threshold: f64,
+    /// The gallery's threshold on `plain_distance`.
+    pub outlier_threshold: f64,
+    /// The nearest machine (named as the label only when the part is near enough).
+    pub nearest: String,
+    /// The second-nearest machine and its relative distance.
+    pub runner_up: String,
+    pub runner_up_distance: f64,
+    /// The gallery's version and file hash.
+    pub version: u32,
+    pub sha256: String,
 }
 
 /// How many ROIs the vote used.
@@ -146,6 +182,15 @@ pub struct Judgement {
     pub top: Vec<Candidate>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub rois: Option<RoiUse>,
+    /// How the verdict was reached (absent for rejected images).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mode: Option<OpenSetMode>,
+    /// The distances behind a gallery-mode verdict.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gallery: Option<GalleryReport>,
+    /// The part's mean embedding, when asked for (`amfp identify --with-embedding`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub embedding: Option<Vec<f32>>,
 }
 
 /// Another model's judgement of the part (e.g. the build tray position), under `attributes`.

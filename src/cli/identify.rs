@@ -17,11 +17,11 @@ use std::time::Instant;
 use clap::Args;
 
 use crate::capture::file::read_frame;
-use crate::config::Settings;
+use crate::config::{GalleryChoice, Settings};
 use crate::identify::{
-    IdentifyOptions, Identifier, Inspection, RoiRecord, elapsed_ms, model_paths, resolve_pixel_size,
+    IdentifyOptions, Identifier, Inspection, RoiRecord, elapsed_ms, load_models, model_paths, resolve_pixel_size,
 };
-use crate::model::{LoadOptions, Model};
+use crate::model::LoadOptions;
 use crate::result::{Attribution, ClaimStatus, SourceInfo, Verdict};
 use crate::roi::MaskMode;
 use crate::vote::StopRule;
@@ -68,6 +68,16 @@ pub struct IdentifyArgs {
     /// Images judged at once (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
+    /// The primary model's fingerprint gallery (default: model.gallery, else the one beside the
+    /// model): verdicts by the distance to each known machine's fingerprint (docs/gallery.md).
+    #[arg(long, value_name = "PATH", conflicts_with = "no_gallery")]
+    pub gallery: Option<PathBuf>,
+    /// Judge by the vote alone (the paper's rule), even when the model has a gallery.
+    #[arg(long)]
+    pub no_gallery: bool,
+    /// Add each part's mean embedding to its result (`embedding`, for fitting galleries).
+    #[arg(long)]
+    pub with_embedding: bool,
     /// Write the primary model's ROIs and probabilities per image as NumPy files into DIR
     /// (<stem>.rois.npy, <stem>.probs.npy, <stem>.corners.npy): for parity checks and debugging.
     #[arg(long, value_name = "DIR")]
@@ -135,28 +145,32 @@ pub fn run(settings: &Settings, args: IdentifyArgs) -> ExitCode {
         eprintln!("error: --pixel-um {um} is not a pixel size; expected a positive number of µm, at most 1000");
         return ExitCode::from(crate::config::EXIT_INVALID);
     }
+    options.with_embedding = args.with_embedding;
     let paths = model_paths(settings, &args.models);
-    let mut models = Vec::with_capacity(paths.len());
     let load = LoadOptions { threads: settings.model.threads, ..LoadOptions::default() };
-    for path in &paths {
-        match Model::load_with(path, options.batch, &load) {
-            Ok(m) => {
-                log::info!("model {} ({}, {} labels, sha256 {})", m.meta.name, path.display(), m.meta.labels.len(), &m.sha256[..12]);
-                models.push(m);
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
+    let gallery = match (&args.gallery, args.no_gallery) {
+        (Some(path), _) => GalleryChoice::Path(path.clone()),
+        (None, true) => GalleryChoice::Off,
+        (None, false) => settings.model.gallery.clone(),
+    };
+    let (models, galleries) = match load_models(&paths, options.batch, &load, &gallery) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
         }
-    }
-    if let Some(claim) = &args.claim
-        && !models[0].meta.labels.contains(claim)
-    {
-        log::warn!(
-            "claimed source {claim:?} is not one of model {}'s labels: it can be contradicted (the part matches a known machine) but not confirmed",
-            models[0].meta.name
-        );
+    };
+    if let Some(claim) = &args.claim {
+        let known: Vec<&str> = match &galleries[0] {
+            Some(g) => g.machines.iter().map(|m| m.label.as_str()).collect(),
+            None => models[0].meta.labels.iter().map(String::as_str).collect(),
+        };
+        if !known.contains(&claim.as_str()) {
+            log::warn!(
+                "claimed source {claim:?} is not a machine model {} knows: it can be contradicted (the part matches a known machine) but not confirmed",
+                models[0].meta.name
+            );
+        }
     }
     if let Some(dir) = &args.save_rois
         && let Err(e) = std::fs::create_dir_all(dir)
@@ -164,7 +178,7 @@ pub fn run(settings: &Settings, args: IdentifyArgs) -> ExitCode {
         eprintln!("error: cannot create --save-rois directory {}: {e}", dir.display());
         return ExitCode::FAILURE;
     }
-    let identifier = Identifier::new(models, options);
+    let identifier = Identifier::with_galleries(models, galleries, options);
     if let Some(device) = &args.camera {
         return ExitCode::from(judge_camera(&identifier, settings, &args, Path::new(device)).exit_code());
     }
@@ -321,6 +335,10 @@ fn save_rois(dir: &Path, stem: &str, r: &RoiRecord) -> std::io::Result<()> {
     let [c, h, w] = r.roi_shape.map(|d| d as u64);
     write_npy(&dir.join(format!("{stem}.rois.npy")), &r.inputs, &[n, c, h, w])?;
     write_npy(&dir.join(format!("{stem}.probs.npy")), &r.probabilities, &[n, r.classes as u64])?;
+    if !r.embeddings.is_empty() {
+        let dim = (r.embeddings.len() as u64) / n.max(1);
+        write_npy(&dir.join(format!("{stem}.embeddings.npy")), &r.embeddings, &[n, dim])?;
+    }
     if r.views.iter().any(|&v| v != 0) {
         write_npy(&dir.join(format!("{stem}.views.npy")), &r.views, &[n])?;
     }
@@ -364,6 +382,15 @@ fn table(path: &Path, a: &Attribution) -> String {
     if let (Some(score), Some(margin), Some(rois)) = (j.score, j.margin, j.rois) {
         let stop = if rois.early_stop { ", stopped early" } else { "" };
         row("score", format!("{score:.3} (margin {margin:.3}), {} of {} ROIs{stop}", rois.used, rois.max));
+    }
+    if let Some(g) = &j.gallery {
+        row(
+            "distance",
+            format!(
+                "{:.1} to {} (threshold {:.1}; outlier {:.1} of {:.1}); next {} at {:.1}",
+                g.distance, g.nearest, g.threshold, g.plain_distance, g.outlier_threshold, g.runner_up, g.runner_up_distance
+            ),
+        );
     }
     if !j.top.is_empty() {
         row("top", j.top.iter().map(|c| format!("{} {:.3}", c.label, c.score)).collect::<Vec<_>>().join(", "));

@@ -41,8 +41,8 @@ use crate::capture::source::{CaptureError, Captured, FrameSource, Grab};
 use crate::capture::synth::SynthSource;
 use crate::capture::v4l2::V4l2Source;
 use crate::config::Settings;
-use crate::identify::{IdentifyOptions, Identifier, Inspection, model_paths, resolve_pixel_size};
-use crate::model::{LoadOptions, Model};
+use crate::identify::{IdentifyOptions, Identifier, Inspection, load_models, model_paths, resolve_pixel_size};
+use crate::model::LoadOptions;
 use crate::publish::{InspectCommand, MqttPublisher};
 use crate::result::Verdict;
 use crate::synth::fleet::Fleet;
@@ -111,8 +111,14 @@ pub async fn run(settings: Settings, options: RunOptions, shutdown: Cancellation
     let device = identify.device.clone();
     let paths = model_paths(&settings, &options.models);
     let (batch, threads) = (identify.batch, settings.model.threads);
-    let models =
-        tokio::task::spawn_blocking(move || load_models(&paths, batch, threads)).await.expect("model loading panicked")?;
+    let gallery = settings.model.gallery.clone();
+    let (models, galleries) = tokio::task::spawn_blocking(move || {
+        let load = LoadOptions { threads, ..LoadOptions::default() };
+        load_models(&paths, batch, &load, &gallery)
+    })
+    .await
+    .expect("model loading panicked")
+    .map_err(|e| DaemonError::Failed(e.to_string()))?;
     if let Some(expect) = &settings.daemon.expect
         && !models[0].meta.labels.contains(expect)
     {
@@ -123,11 +129,13 @@ pub async fn run(settings: Settings, options: RunOptions, shutdown: Cancellation
             models[0].meta.labels.join(", ")
         )));
     }
+    let gallery_status = galleries[0].as_ref().map(|g| json!({"version": g.version, "sha256": g.sha256, "machines": g.machines.len()}));
     let model_status = json!({
         "name": models[0].meta.name, "task": models[0].meta.task, "sha256": models[0].sha256,
         "pixel_size_um": models[0].meta.pixel_size_um, "roi_px": models[0].meta.roi_px,
+        "open_set": if gallery_status.is_some() { "gallery" } else { "vote" }, "gallery": gallery_status,
     });
-    let identifier = Arc::new(Identifier::new(models, identify));
+    let identifier = Arc::new(Identifier::with_galleries(models, galleries, identify));
 
     let source_settings = settings.clone();
     let model_path = identifier.models()[0].path.clone();
@@ -228,19 +236,6 @@ pub async fn run(settings: Settings, options: RunOptions, shutdown: Cancellation
     }
     log::info!("stopped: {judged} parts judged, {delivered} delivered to every sink");
     captured.map(|()| summary)
-}
-
-/// Loads the models, primary first, each running its calls on `threads` threads.
-fn load_models(paths: &[PathBuf], batch: usize, threads: usize) -> Result<Vec<Model>, DaemonError> {
-    let options = LoadOptions { threads, ..LoadOptions::default() };
-    paths
-        .iter()
-        .map(|p| {
-            let m = Model::load_with(p, batch, &options).map_err(|e| DaemonError::Failed(e.to_string()))?;
-            log::info!("model {} ({}, {} labels, sha256 {})", m.meta.name, p.display(), m.meta.labels.len(), &m.sha256[..12]);
-            Ok(m)
-        })
-        .collect()
 }
 
 /// Opens the configured source.

@@ -234,6 +234,7 @@ mod tests {
             status: ClaimStatus::Contradicted,
             known_label: true,
             score: Some(0.01),
+            distance: None,
         });
         assert_eq!(events_for(&contradicted)[0].0, "odd_part");
     }

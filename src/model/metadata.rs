@@ -43,6 +43,21 @@ pub struct ModelMetadata {
     pub unknown_threshold: f32,
     /// `amfp.trained_on`: what the model learned from.
     pub trained_on: String,
+    /// `amfp.embedding_*`: the part-embedding output the fingerprint gallery reads
+    /// (docs/gallery.md); absent for models that only vote.
+    pub embedding: Option<EmbeddingSpec>,
+}
+
+/// The model's embedding output (`amfp.embedding_output`, `_dim`, `_kind`): one row of `dim`
+/// features per ROI, which the fingerprint gallery turns into distances (docs/gallery.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EmbeddingSpec {
+    /// Name of the graph output.
+    pub output: String,
+    /// Features per ROI.
+    pub dim: u32,
+    /// What the vector is (`pre-logits`: the pooled features the linear head reads).
+    pub kind: String,
 }
 
 /// A model's metadata breaks the contract; lists every problem.
@@ -121,6 +136,7 @@ impl ModelMetadata {
             v.trim().parse::<f32>().ok().filter(|x| (0.0..=1.0).contains(x))
         });
         let trained_on = p.parse("amfp.trained_on", "a non-empty string", non_empty);
+        let embedding = p.embedding();
         if !p.problems.is_empty() {
             return Err(MetadataError { problems: p.problems });
         }
@@ -140,6 +156,7 @@ impl ModelMetadata {
             votes: votes.unwrap_or_default(),
             unknown_threshold: unknown_threshold.unwrap_or_default(),
             trained_on: trained_on.unwrap_or_default(),
+            embedding,
         })
     }
 }
@@ -156,6 +173,28 @@ struct Parser<'a> {
 }
 
 impl Parser<'_> {
+    /// The optional embedding keys: all three or none.
+    fn embedding(&mut self) -> Option<EmbeddingSpec> {
+        const KEYS: [&str; 3] = ["amfp.embedding_output", "amfp.embedding_dim", "amfp.embedding_kind"];
+        let present: Vec<&str> = KEYS.iter().copied().filter(|k| self.props.contains_key(k)).collect();
+        if present.is_empty() {
+            return None;
+        }
+        if present.len() < KEYS.len() {
+            let missing: Vec<&str> = KEYS.iter().copied().filter(|k| !present.contains(k)).collect();
+            self.problems.push(format!(
+                "the embedding keys come together: {} given but {} missing (docs/gallery.md)",
+                present.join(", "),
+                missing.join(", ")
+            ));
+            return None;
+        }
+        let output = self.parse("amfp.embedding_output", "a non-empty output name", non_empty);
+        let dim = self.parse("amfp.embedding_dim", "an integer >= 2", |v| v.trim().parse::<u32>().ok().filter(|&d| d >= 2));
+        let kind = self.parse("amfp.embedding_kind", "a non-empty string", non_empty);
+        Some(EmbeddingSpec { output: output?, dim: dim?, kind: kind? })
+    }
+
     fn parse<T>(&mut self, key: &str, expected: &str, f: impl FnOnce(&str) -> Option<T>) -> Option<T> {
         let Some(value) = self.props.get(key) else {
             self.problems.push(format!("{key} is missing (expected {expected})"));
@@ -241,6 +280,24 @@ mod tests {
     fn a_model_without_amfp_keys_is_told_how_to_export() {
         let e = ModelMetadata::from_props([("producer", "pytorch")]).unwrap_err();
         assert!(e.to_string().contains("no amfp.* metadata"), "{e}");
+    }
+
+    #[test]
+    fn the_embedding_keys_are_optional_and_come_together() {
+        assert_eq!(ModelMetadata::from_props(good()).unwrap().embedding, None);
+        let mut props = good();
+        props.extend([("amfp.embedding_output", "embedding"), ("amfp.embedding_dim", "256"), ("amfp.embedding_kind", "pre-logits")]);
+        let spec = ModelMetadata::from_props(props.clone()).unwrap().embedding.unwrap();
+        assert_eq!((spec.output.as_str(), spec.dim, spec.kind.as_str()), ("embedding", 256, "pre-logits"));
+        props.retain(|(k, _)| *k != "amfp.embedding_kind");
+        let e = ModelMetadata::from_props(props.clone()).unwrap_err().to_string();
+        assert!(e.contains("amfp.embedding_kind missing"), "{e}");
+        props.push(("amfp.embedding_kind", "pre-logits"));
+        for p in props.iter_mut().filter(|(k, _)| *k == "amfp.embedding_dim") {
+            p.1 = "1";
+        }
+        let e = ModelMetadata::from_props(props).unwrap_err().to_string();
+        assert!(e.contains("amfp.embedding_dim = \"1\" is not an integer >= 2"), "{e}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tract_onnx::pb;
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
 use tract_onnx::prelude::*;
 
-pub use metadata::{MetadataError, ModelMetadata};
+pub use metadata::{EmbeddingSpec, MetadataError, ModelMetadata};
 
 /// ONNX's code for float32 tensors (TensorProto.DataType.FLOAT).
 const ONNX_FLOAT: i32 = 1;
@@ -154,8 +154,22 @@ impl Model {
         let (c, r) = (meta.channels as usize, meta.roi_px as usize);
         let plan_batch = if options.per_roi { 1 } else { batch };
         let threads = options.threads.max(1);
+        let mut outputs = vec![signature.output.name.clone()];
+        if let Some(spec) = &meta.embedding {
+            if !graph.output.iter().any(|o| o.name == spec.output) {
+                let names: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+                return Err(not_image(format!(
+                    "amfp.embedding_output names {:?}, but the graph's outputs are {}; re-export the model or add the \
+                     output with `python -m amfp_train.embedding` (docs/gallery.md)",
+                    spec.output,
+                    names.join(", ")
+                )));
+            }
+            outputs.push(spec.output.clone());
+        }
         let typed = onnx
             .model_for_proto_model(&proto)
+            .and_then(|mut m| m.select_outputs_by_name(&outputs).map(|()| m))
             .and_then(|m| m.with_input_fact(0, f32::fact([plan_batch, c, r, r]).into()))
             .and_then(|m| m.into_optimized())
             .map_err(tract_err)?;
@@ -167,6 +181,16 @@ impl Model {
                 out.shape,
                 meta.labels.len()
             )));
+        }
+        if let Some(spec) = &meta.embedding {
+            let out = typed.output_fact(1).map_err(tract_err)?;
+            let want = [plan_batch, spec.dim as usize];
+            if out.shape.as_concrete() != Some(&want[..]) {
+                return Err(not_image(format!(
+                    "for an input of {plan_batch} ROIs its embedding output {:?} has shape {:?}, not {want:?} (amfp.embedding_dim)",
+                    spec.output, out.shape
+                )));
+            }
         }
         let run_options = RunOptions { executor: batch_executor(threads, options.per_roi)?, ..Default::default() };
         let plan = typed.into_runnable_with_options(&run_options).map_err(tract_err)?;
@@ -184,29 +208,64 @@ impl Model {
         self.meta.channels as usize * r * r
     }
 
-    /// Runs one batch: `input` holds `batch()` normalised ROIs (NCHW), the result `batch()` rows of logits.
-    pub fn logits(&self, input: &[f32]) -> Result<Vec<f32>, InferenceError> {
+    /// Features per ROI of the embedding output, when the model has one.
+    pub fn embedding_dim(&self) -> Option<usize> {
+        self.meta.embedding.as_ref().map(|e| e.dim as usize)
+    }
+
+    /// Runs one batch: `input` holds `batch()` normalised ROIs (NCHW); the result holds
+    /// `batch()` rows of logits and, when the model has an embedding output, `batch()` rows of it.
+    pub fn run(&self, input: &[f32]) -> Result<Outputs, InferenceError> {
         let err = |e: TractError| InferenceError { name: self.meta.name.clone(), detail: format!("{e:#}") };
         let (c, r) = (self.meta.channels as usize, self.meta.roi_px as usize);
         assert_eq!(input.len(), self.batch * self.roi_len(), "input must hold exactly one batch of ROIs");
-        let call = |x: &[f32]| -> Result<Vec<f32>, InferenceError> {
+        let call = |x: &[f32]| -> Result<Vec<Outputs>, InferenceError> {
             let tensor = Tensor::from_shape(&[self.plan_batch, c, r, r], x).map_err(err)?;
             let out = self.plan.run(tvec!(tensor.into_tvalue())).map_err(err)?;
-            let view = out[0].to_plain_array_view::<f32>().map_err(err)?;
-            Ok(view.iter().copied().collect())
+            let rows = |i: usize| -> Result<Vec<f32>, InferenceError> {
+                Ok(out[i].to_plain_array_view::<f32>().map_err(err)?.iter().copied().collect())
+            };
+            let embeddings = if out.len() > 1 { rows(1)? } else { Vec::new() };
+            Ok(vec![Outputs { logits: rows(0)?, embeddings }])
         };
         let calls: Vec<&[f32]> = input.chunks(self.plan_batch * self.roi_len()).collect();
-        run_in_order(&calls, self.threads, |x| call(x))
+        let parts = run_in_order(&calls, self.threads, |x| call(x))?;
+        let mut all = Outputs { logits: Vec::new(), embeddings: Vec::new() };
+        for part in parts {
+            all.logits.extend(part.logits);
+            all.embeddings.extend(part.embeddings);
+        }
+        Ok(all)
+    }
+
+    /// Runs one batch: `input` holds `batch()` normalised ROIs (NCHW), the result `batch()` rows of logits.
+    pub fn logits(&self, input: &[f32]) -> Result<Vec<f32>, InferenceError> {
+        self.run(input).map(|o| o.logits)
     }
 
     /// Runs one batch and turns each row of logits into probabilities (SoftMax).
     pub fn probabilities(&self, input: &[f32]) -> Result<Vec<f32>, InferenceError> {
         let mut p = self.logits(input)?;
-        for row in p.chunks_mut(self.meta.labels.len()) {
-            softmax_in_place(row);
-        }
+        self.softmax_rows(&mut p);
         Ok(p)
     }
+
+    /// Turns rows of this model's logits into probabilities, in place.
+    pub fn softmax_rows(&self, logits: &mut [f32]) {
+        for row in logits.chunks_mut(self.meta.labels.len()) {
+            softmax_in_place(row);
+        }
+    }
+}
+
+/// What one batch gives: per ROI a row of logits and, for models with an embedding output
+/// (docs/gallery.md), a row of embedding features (empty otherwise).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outputs {
+    /// `batch` rows of one logit per label.
+    pub logits: Vec<f32>,
+    /// `batch` rows of `embedding_dim` features, or nothing.
+    pub embeddings: Vec<f32>,
 }
 
 /// tract's executor for a plan: its multithread one (a rayon pool inside each op) only for a
