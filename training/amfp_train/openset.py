@@ -675,6 +675,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--identify-arg", action="append", default=[],
                     help="extra argument for amfp identify (repeatable), e.g. --identify-arg=--early-stop=off")
     ap.add_argument("--reuse", action="store_true", help="reuse images simulated into OUT by an earlier run")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate, simulate nothing")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -714,6 +715,8 @@ def main(argv=None) -> dict:
     print(f"open-set benchmark: {total} images ({', '.join(f'{c} {n}' for c, (n, _) in plan.counts().items())}); "
           f"estimated simulation {sim_s / 60:.1f} min, identification {id_s / 60:.1f} min on {a.threads} threads",
           flush=True)
+    if a.dry_run:
+        return {"counts": {c: n for c, (n, _) in plan.counts().items()}, "estimate_s": [sim_s, id_s]}
 
     t0 = time.time()
     records = simulate_all(a, plan, fleet, out)

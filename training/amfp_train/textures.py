@@ -39,6 +39,9 @@ writes ``DIR/<family>/<family>-<i>.png`` and ``DIR/textures.csv``
 (``file,family,variant,seed,channels,layout,width,height,pixel_size_um``; ``file`` relative to
 DIR, as in a dataset's labels.csv). Every image is reproduced by ``generate(family, seed,
 variant=...)`` from its row alone; ``seed`` is drawn from the base seed, the family and the index.
+The open-set benchmark draws its textures from its own base seed (docs/openset.md); textures for
+training (outlier exposure) must come from other base seeds, so that the benchmark's images stay
+unseen.
 """
 
 from __future__ import annotations
@@ -729,7 +732,9 @@ def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--per-family", type=int, default=6)
-    ap.add_argument("--seed", type=int, default=31_020)
+    ap.add_argument("--seed", type=int, required=True,
+                    help="base seed; the open-set benchmark uses its own (docs/openset.md): training and "
+                         "calibration must use others, so that no evaluation texture is seen before")
     ap.add_argument("--families", default="", help=f"comma-separated (default all: {', '.join(FAMILIES)})")
     ap.add_argument("--rgb", choices=["noise", "all", "none"], default="noise",
                     help="noise: the noise families' rgb variants are RGB (default); all: every image RGB; none: gray only")
