@@ -758,6 +758,10 @@ def build_gallery(model: str | Path, fit: Embeddings, calib: Embeddings, out: st
     # calibration parts of excluded machines are held-out parts (measured, never fitted)
     rois = int(np.median(calib.rois)) if calib.rois else None
     ext = {"fit_parts": len(fit.labels)}
+    for what, e in (("fit", fit), ("calibration", calib)):
+        if e.skipped:  # rejected by amfp (no embedding): say so, they are not in the counts
+            log.warning("%d %s parts gave no embedding (rejected images), e.g. %s", len(e.skipped), what, e.skipped[:3])
+            ext[f"{what}_parts_without_embedding"] = len(e.skipped)
     if lam_scores is not None:
         ext["shrinkage_cv_loglik"] = {str(k): v for k, v in lam_scores.items()}
     if extra:
@@ -775,6 +779,56 @@ def build_gallery(model: str | Path, fit: Embeddings, calib: Embeddings, out: st
              g.outlier_threshold, c["false_rejects"], c["known_parts"], target, c["misnamed"],
              f", held-out caught {c['held_out']['unknown_rate']:.3f}" if "held_out" in c else "")
     return g
+
+
+def pick_per_label(parts: list, n: int | None, seed: int = 0) -> list:
+    """At most `n` parts per label, drawn at random with a fixed seed (all when n is None or 0),
+    in the parts' own order."""
+    if not n:
+        return list(parts)
+    by: dict[str, list[int]] = defaultdict(list)
+    for i, p in enumerate(parts):
+        by[p.label].append(i)
+    rng = np.random.default_rng(seed)
+    keep = set()
+    for lab in sorted(by):
+        idx = by[lab]
+        keep.update(idx if len(idx) <= n else rng.choice(idx, n, replace=False).tolist())
+    return [p for i, p in enumerate(parts) if i in keep]
+
+
+def fit_for_models(models: list[str | Path], data: str | Path, exclude: Iterable[str] = (), amfp: str | None = None,
+                   source: str = "auto", fit_parts_per_label: int | None = None,
+                   target: float = DEFAULT_FALSE_REJECT, shrinkage: float | str = DEFAULT_SHRINKAGE,
+                   threads: int = 2, seed: int = 4242) -> dict:
+    """The reproduce step: a gallery beside each model, fitted on the training split's parts of
+    the known machines (at most `fit_parts_per_label` each) and calibrated on the validation
+    split (parts of `exclude`d machines there are the held-out measurement). Returns a summary
+    per model."""
+    from .dataset import read_dataset
+
+    exclude = set(exclude)
+    ds = read_dataset(data)
+    fit_parts = pick_per_label([p for p in ds.split("train") if p.label not in exclude], fit_parts_per_label)
+    cal_parts = ds.split("val")
+    src = make_source(source, amfp, threads, seed)
+    report = {}
+    for m in models:
+        fit = src.embed(m, fit_parts)
+        cal = src.embed(m, cal_parts)
+        desc = (f"{ds.root}: fit on the train split ({len(fit.labels)} parts"
+                f"{f', at most {fit_parts_per_label} per machine' if fit_parts_per_label else ''}), calibrated on "
+                f"the val split; embeddings: {src.description}")
+        g = build_gallery(m, fit, cal, None, target, shrinkage, exclude, desc,
+                          why=f"reproduce: fitted with the model on {ds.root.name}")
+        path = gallery_path(m)
+        c = g.calibration
+        report[str(m)] = {"path": str(path), "machines": len(g.machines), "shrinkage": g.shrinkage,
+                          "threshold": g.threshold, "outlier_threshold": g.outlier_threshold,
+                          **{k: c.get(k) for k in ("known_parts", "false_rejects", "false_reject_rate",
+                                                   "misnamed", "vote_disagreements", "held_out", "fit_parts")},
+                          "embeddings": src.description}
+    return report
 
 
 def make_source(kind: str, amfp: str | None, threads: int = 2, seed: int = 4242, chunk: int = 200) -> EmbeddingSource:
@@ -819,9 +873,6 @@ def main(argv=None) -> Gallery:
     src = make_source(a.source, a.amfp, a.threads, a.seed, a.chunk)
     fit = src.embed(a.model, dataset_parts(a.fit, _splits(a.fit_splits)))
     cal = src.embed(a.model, dataset_parts(a.calibrate, _splits(a.calibrate_splits)))
-    for what, e in (("fit", fit), ("calibration", cal)):
-        if e.skipped:
-            log.warning("%d %s parts gave no embedding (rejected images): %s", len(e.skipped), what, e.skipped[:5])
     if a.save_embeddings:
         np.savez_compressed(a.save_embeddings, fit_z=fit.z, fit_labels=np.array(fit.labels),
                             fit_keys=np.array(fit.keys), cal_z=cal.z, cal_labels=np.array(cal.labels),

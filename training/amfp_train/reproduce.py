@@ -11,9 +11,16 @@
 2. train the edge net (CPU, < 30 min on 2 cores; see docs/training.md);
 3. export f32 ONNX with the metadata contract, check parity with PyTorch;
 4. quantize to int8 QDQ (calibrated on training ROIs);
-5. calibrate amfp.unknown_threshold of both models;
-6. evaluate both on the test split: report.json, confusion PNGs, model card;
-7. copy the models, card and report into ``--models-dir`` (default ``models``).
+5. calibrate amfp.unknown_threshold of both models (the vote's open-set rule, for amfp without
+   a gallery);
+6. the fingerprint gallery of each model (docs/gallery.md): the embedding output is added if
+   the models lack it, then ``amfp_train.gallery`` fits ``<model>.gallery.json`` beside each on
+   the known machines' training parts (``--gallery-fit-parts`` per machine) and calibrates it on
+   the validation split, embeddings from ``amfp identify --with-embedding`` when the binary has
+   it, else onnxruntime (``--gallery-source``). After step 5, which rewrites the models'
+   metadata: a gallery names the sha256 of the final model file;
+7. evaluate both on the test split: report.json, confusion PNGs, model card;
+8. copy the models, their galleries, card and report into ``--models-dir`` (default ``models``).
 
 ::
 
@@ -176,13 +183,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
     ap.add_argument("--synth-arg", action="append", default=[], help="extra argument for amfp synth")
+    ap.add_argument("--gallery-source", default="auto", choices=["auto", "amfp", "onnxruntime"],
+                    help="who computes the gallery's embeddings (auto: --amfp when it has "
+                         "`identify --with-embedding`, else onnxruntime)")
+    ap.add_argument("--gallery-fit-parts", type=int, default=40,
+                    help="training parts per known machine that fit the gallery (0: all)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help=f"override a training setting ({', '.join(SHIPPED)}); not for the shipped model")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     from .calibrate import calibrate_models
+    from .embedding import add_embedding_output, has_embedding
     from .evaluate import run_evaluation
+    from .gallery import fit_for_models, gallery_path
     from .export import export
     from .quantize import quantize
     from .train import parse_args as train_args
@@ -245,6 +259,18 @@ def main(argv=None) -> dict:
     cal = calibrate_models([f32, int8], data, out=out / "calibration.json",
                            max_parts=16 if a.quick else None)
     timings["calibrate_s"] = round(time.time() - t, 1)
+
+    # the galleries come after every change to the model files: they name their sha256
+    t = time.time()
+    for m in (f32, int8):
+        if not has_embedding(m):
+            add_embedding_output(m, m)
+    # --quick's 1.4 mm samples are too small for amfp's envelope on FDM parts (it rejects them,
+    # without an embedding): its galleries take onnxruntime's embeddings unless told otherwise
+    gsource = "onnxruntime" if a.quick and a.gallery_source == "auto" else a.gallery_source
+    galleries = fit_for_models([f32, int8], data, [h for h in holdout.split(",") if h], a.amfp, gsource,
+                               a.gallery_fit_parts or None, threads=a.threads or 2)
+    timings["gallery_s"] = round(time.time() - t, 1)
     t = time.time()
     rep = run_evaluation(f32, int8, data, "test", out / "eval",
                          max_parts=24 if a.quick else None, threads=a.threads or 2)
@@ -258,9 +284,9 @@ def main(argv=None) -> dict:
         "source": source_revision(),
         "name": a.name, "command": " ".join([sys.executable, "-m", "amfp_train.reproduce", *(argv or sys.argv[1:])]),
         "seed": a.seed, "data": str(data), "holdout": holdout, "settings": s, "timings": timings,
-        "export": exp, "quantize": q, "calibration": cal,
+        "export": exp, "quantize": q, "calibration": cal, "gallery": galleries,
         "accuracy": {"f32": rep["f32"].get("accuracy"), "int8": rep.get("int8", {}).get("accuracy")},
-        "files": {p.name: sha256_file(p) for p in (f32, int8)},
+        "files": {p.name: sha256_file(p) for p in (f32, int8, gallery_path(f32), gallery_path(int8))},
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "onnxruntime": onnxruntime.__version__, "machine": platform.machine()},
     }
@@ -268,8 +294,9 @@ def main(argv=None) -> dict:
     if a.models_dir:
         md = Path(a.models_dir)
         md.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f32, md / f32.name)
-        shutil.copy2(int8, md / int8.name)
+        for m in (f32, int8):
+            shutil.copy2(m, md / m.name)
+            shutil.copy2(gallery_path(m), md / gallery_path(m).name)
         shutil.copy2(out / "eval" / "model_card.md", md / f"{a.name}.md")
         shutil.copy2(out / "eval" / "report.json", md / f"{a.name}.report.json")
         shutil.copy2(out / "eval" / "confusion_f32.png", md / f"{a.name}.confusion.png")

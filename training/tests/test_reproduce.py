@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from amfp_train.dataset import read_dataset
+from amfp_train.dataset import read_dataset, sha256_file
 from amfp_train.reproduce import combine, main
 
 from .conftest import amfp_bin
@@ -25,8 +25,15 @@ def test_reproduce_quick(dataset, tmp_path):
     print("reproduce ran on:", "real simulator" if b else dataset["source"])
     m = main(args)
     for f in ("amfp-quick.onnx", "amfp-quick.int8.onnx", "amfp-quick.md", "amfp-quick.report.json",
-              "amfp-quick.confusion.png", "amfp-quick.manifest.json"):
+              "amfp-quick.confusion.png", "amfp-quick.manifest.json", "amfp-quick.gallery.json",
+              "amfp-quick.int8.gallery.json"):
         assert (models / f).is_file(), f
+    # each model's gallery names that model file's sha256 (the galleries come after every change to it)
+    for name in ("amfp-quick", "amfp-quick.int8"):
+        g = json.loads((models / f"{name}.gallery.json").read_text())
+        assert g["model"]["sha256"] == sha256_file(models / f"{name}.onnx")
+        assert g["embedding"]["output"] == "embedding" and g["version"] == 1
+        assert m["gallery"][str(out / f"{name}.onnx")]["known_parts"] == g["calibration"]["known_parts"] > 0
     meta = {p.key: p.value for p in onnx.load(str(models / "amfp-quick.onnx")).metadata_props}
     assert meta["amfp.name"] == "amfp-quick"
     manifest = json.loads((models / "amfp-quick.manifest.json").read_text())
