@@ -212,8 +212,11 @@ def parse_attribution(rec: Record, a: dict) -> Record:
     top = a.get("top") or []
     rec.top = top[0]["label"] if top else None
     g = a.get("gallery")
-    rec.mode = a.get("mode") or ("gallery" if isinstance(g, dict) else "vote")
+    # no mode: a rejected image, judged by neither rule (older binaries: the vote)
+    rec.mode = a.get("mode") or ("gallery" if isinstance(g, dict) else "none" if rec.verdict == "rejected" else "vote")
     if isinstance(g, dict):
+        rec.extra["runner_up"] = g.get("runner_up")
+        rec.extra["runner_up_distance"] = g.get("runner_up_distance")
         rec.distance = g.get("distance")
         rec.plain_distance = g.get("plain_distance")
         rec.threshold = g.get("threshold")
@@ -450,7 +453,8 @@ def table_md(rep: dict, title: str) -> str:
             if case == "known":
                 continue
             lines.append(f"| {case} | " + " | ".join(
-                f"{_pct(v['caught_at_1pct'])} / {_pct(v['caught_at_5pct'])} / {_f3(v['auroc'])}" for v in ws.values()) + " |")
+                f"{_pct(v['caught_at_1pct'])} / {_pct(v['caught_at_5pct'])} / {_f3(v['auroc'])}"
+                for v in ws.values()) + " |")
     lines += ["", "Bars (issue 17):", "", "| bar | measured | limit | pass |", "|---|---:|---:|---|"]
     for b in rep["bars"]:
         m = b["measured"]
@@ -525,7 +529,8 @@ class Plan:
     def counts(self) -> dict[str, tuple[int, str]]:
         """(images, cost kind) per case."""
         k, s = len(self.variant_machines), self.sizes
-        n = {"known": (len(self.known_machines) * s["known_parts"], "scanner"), "heldout": (len(HELDOUT_UNITS) * s["heldout_parts"], "scanner"),
+        n = {"known": (len(self.known_machines) * s["known_parts"], "scanner"),
+             "heldout": (len(HELDOUT_UNITS) * s["heldout_parts"], "scanner"),
              "textures": (len(texture_families()) * s["texture_parts"], "texture"),
              "micro3": (k * s["micro_parts"], "microscope"), "micro5": (k * s["micro_parts"], "microscope"),
              "builds": (k * s["build_parts"] * len(FIRST_BUILDS), "scanner")}
@@ -700,7 +705,8 @@ def main(argv=None) -> dict:
     in_fleet = read_fleet_header(fleet)["machines"]
     missing = [lab for lab in labels if lab not in in_fleet]
     if missing:
-        raise SystemExit(f"{fleet} has no machines named {', '.join(missing)} (the model's labels): pass its fleet with --fleet")
+        raise SystemExit(f"{fleet} has no machines named {', '.join(missing)} (the model's labels): "
+                         "pass its fleet with --fleet")
     variant_machines = list(labels)
     if a.variant_machines:
         variant_machines = [m for m in a.variant_machines.split(",") if m]

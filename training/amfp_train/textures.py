@@ -491,10 +491,11 @@ WEAVES = {
 def fabric(rng, frame: Frame, variant: str) -> np.ndarray:
     """Woven cloth: warp and weft yarns crossing over and under each other in the weave's
     pattern (``plain``, 2/2 ``twill``, ``basket``). Thread pitch 150-600 µm (warp) and 0.8-1.25
-    times that (weft); yarns are elliptical in section, 10-60 µm high, crimped up and down by 0.6 of that where they cross (the yarn on top shows), and twisted
-    (fibre striations of 4 % of the height at a quarter of the pitch, 20-35° to the yarn); the cloth is turned at any angle and its threads wander by ~2 % of the
-    pitch over millimetres. Warp and weft differ in albedo by up to 15 % (0.3-0.8: a denim's
-    dyed warp and white weft)."""
+    times that (weft); yarns are elliptical in section, 10-60 µm high, crimped up and down by
+    0.6 of that where they cross (the yarn on top shows), and twisted (fibre striations of 4 %
+    of the height at a quarter of the pitch, 20-35° to the yarn); the cloth is turned at any
+    angle and its threads wander by ~2 % of the pitch over millimetres. Warp and weft differ in
+    albedo by up to 15 % (0.3-0.8: a denim's dyed warp and white weft)."""
     x, y = frame.mm()
     p = frame.pixel_um
     pw = rng.uniform(0.15, 0.6)
