@@ -665,8 +665,10 @@ def load_identify_jsonl(lines: str | Path | Iterable[str], data: str | Path, cwd
     """
     from .dataset import read_dataset
 
-    if isinstance(lines, (str, Path)) and Path(lines).is_file():
+    if isinstance(lines, Path) or (isinstance(lines, str) and "\n" not in lines and Path(lines).is_file()):
         lines = Path(lines).read_text().splitlines()
+    elif isinstance(lines, str):  # the output itself
+        lines = lines.splitlines()
     ds = read_dataset(data, task)
     parts = [p for p in ds.parts if splits is None or p.split in set(splits)]
     by_real = {os.path.realpath(f): str(f) for p in parts for f in p.files}
@@ -835,7 +837,8 @@ def make_source(kind: str, amfp: str | None, threads: int = 2, seed: int = 4242,
     if kind == "auto":
         kind = "amfp" if amfp and amfp_supports_embeddings(amfp) else "onnxruntime"
         if amfp and kind == "onnxruntime":
-            log.warning("%s has no `identify --with-embedding`: embeddings from onnxruntime instead", amfp)
+            log.warning("%s is missing or has no `identify --with-embedding`: embeddings from onnxruntime instead",
+                        amfp)
     if kind == "amfp":
         if not amfp:
             raise ValueError("--source amfp needs --amfp")

@@ -144,3 +144,16 @@ def test_matmul_plus_bias_head_and_refusals(tmp_path):
     with pytest.raises(SurgeryError, match="Gemm/MatMul"):
         add_embedding_output(tmp_path / "relu.onnx", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_timm_embedding_is_the_pre_logits_vector():
+    pytest.importorskip("timm")
+    from amfp_train.models import WithEmbedding, build_model
+
+    m = build_model("tf_efficientnetv2_b0", 3, 1).eval()
+    x = torch.from_numpy(x_batch(2, 4))
+    with torch.no_grad():
+        y, e = WithEmbedding(m)(x)
+        assert torch.equal(y, m(x))  # the wrapper changes nothing about the logits
+        assert torch.equal(e, m.forward_head(m.forward_features(x), pre_logits=True))
+    assert e.shape == (2, m.num_features)

@@ -227,6 +227,7 @@ def test_identify_json_lines_are_matched_to_labels_by_path(tmp_path, monkeypatch
     assert e.votes == ["A", "B", "A"] and e.rois == [16, 16, 32]
     np.testing.assert_array_equal(e.z[:2], [[1, 2], [3, 4]])
     np.testing.assert_allclose(e.z[2], [3.0, 6.0])  # ROI-weighted: (8*[0,0] + 24*[4,8]) / 32
+    assert G.load_identify_jsonl("\n".join(lines), data, cwd=data).keys == e.keys  # the text itself
     jl = tmp_path / "out.jsonl"
     jl.write_text("\n".join(lines) + "\n")
     monkeypatch.chdir(data)
