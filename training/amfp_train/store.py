@@ -109,16 +109,31 @@ class BalancedRois(torch.utils.data.IterableDataset):
     Works in the main process (num_workers=0, the CPU path: crops are cheap
     next to the convs) or in DataLoader workers (the GPU path), each worker
     with its own generator and store.
+
+    ``augmenter`` (amfp_train.augment) changes the ROIs' intensities after the flips and turns,
+    before normalisation. ``crop`` (settable between batches in the main process: progressive
+    crops) cuts each ROI's centre before augmenting, so that the augmentations pay for the
+    pixels the net sees only; a centre crop commutes with the square's symmetries, so the ROIs
+    are exactly those the training loop's own centre crop would give. ``class_weights`` (one
+    per label) makes some classes more frequent than others (auxiliary classes); None: even.
     """
 
     def __init__(self, parts: list[Part], labels: list[str], pixel_um: float, roi: int,
                  min_fg: float, batch: int, mean: float, std: float, channels: int, seed: int,
                  cache_mb: float = 8000, mask_mode: str = "auto", rois_per_part: int = 1,
-                 store: PartStore | None = None):
+                 store: PartStore | None = None, augmenter=None, class_weights=None):
         self.by_class = [[p for p in parts if p.label == lab] for lab in labels]
         self.classes = [i for i, g in enumerate(self.by_class) if g]
         if not self.classes:
             raise ValueError("no training parts")
+        self.class_p = None
+        if class_weights is not None:
+            w = np.array([float(class_weights[i]) for i in self.classes])
+            if len(class_weights) != len(labels) or (w < 0).any() or w.sum() <= 0:
+                raise ValueError("class_weights: one non-negative weight per label, not all zero")
+            self.class_p = w / w.sum()
+        self.augmenter = augmenter
+        self.crop = 0
         self.pixel_um, self.roi, self.min_fg, self.batch = pixel_um, roi, min_fg, batch
         self.mean, self.std, self.channels, self.seed = mean, std, channels, seed
         self.cache_mb, self.mask_mode = cache_mb, mask_mode
@@ -134,13 +149,19 @@ class BalancedRois(torch.utils.data.IterableDataset):
         k = self.rois_per_part
         while True:
             n_draw = -(-self.batch // k)
-            cls = rng.choice(self.classes, size=n_draw)
+            cls = rng.choice(self.classes, size=n_draw, p=self.class_p)
             xs, ys = [], []
             for c in cls:
                 group = self.by_class[c]
                 p = group[rng.integers(len(group))]
                 xs.append(sample_rois(store.get(p), k, rng))
                 ys.extend([c] * k)
-            rois = augment(np.concatenate(xs)[: self.batch], rng)
+            rois = np.concatenate(xs)[: self.batch]
+            if self.crop and self.crop != self.roi:
+                off = (self.roi - self.crop) // 2
+                rois = rois[:, off:off + self.crop, off:off + self.crop]
+            rois = augment(rois, rng)
+            if self.augmenter:
+                rois = self.augmenter(rois, rng)
             yield (torch.from_numpy(to_input(rois, self.mean, self.std, self.channels)),
                    torch.tensor(ys[: self.batch], dtype=torch.long))
