@@ -387,7 +387,7 @@ fn table(path: &Path, a: &Attribution) -> String {
         row(
             "distance",
             format!(
-                "{:.1} to {} (threshold {:.1}; outlier {:.1} of {:.1}); next {} at {:.1}",
+                "{:.1} to {} (threshold {:.1}), plain {:.1} (outlier threshold {:.1}); next {} at {:.1}",
                 g.distance, g.nearest, g.threshold, g.plain_distance, g.outlier_threshold, g.runner_up, g.runner_up_distance
             ),
         );

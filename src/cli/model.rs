@@ -1,7 +1,8 @@
 //! `amfp model inspect PATH`: what a model is, and what it needs of a camera.
 //!
 //! Loads the model exactly as `identify` does (so a model that inspects cleanly will run) and
-//! prints its contract, its declared input and output, and the optics it expects.
+//! prints its contract, its declared input and output, the optics it expects, and how it
+//! tells known machines from unknown ones (its fingerprint gallery, or the vote alone).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +10,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde::Serialize;
 
+use crate::config::GalleryChoice;
+use crate::gallery::Gallery;
 use crate::identify::bundled_model_path;
 use crate::model::{Model, ModelMetadata, Signature};
 
@@ -25,6 +28,10 @@ pub enum ModelCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// The fingerprint gallery to check against the model (default: model.gallery, else the
+        /// one beside the model).
+        #[arg(long, value_name = "PATH")]
+        gallery: Option<PathBuf>,
     },
 }
 
@@ -61,15 +68,42 @@ struct Inspection<'a> {
     metadata: &'a ModelMetadata,
     signature: &'a Signature,
     camera: CameraNeeds,
+    /// The gallery the model judges with; null: the vote alone.
+    gallery: Option<GalleryInfo<'a>>,
+}
+
+#[derive(Serialize)]
+struct GalleryInfo<'a> {
+    path: String,
+    sha256: &'a str,
+    version: u32,
+    machines: Vec<&'a str>,
+    threshold: f64,
+    outlier_threshold: f64,
+    calibration: &'a serde_json::Value,
 }
 
 /// Runs `amfp model ...`.
 pub fn run(settings: &crate::config::Settings, cmd: ModelCommand) -> ExitCode {
     match cmd {
-        ModelCommand::Inspect { path, json } => {
+        ModelCommand::Inspect { path, json, gallery } => {
             let path = path.or_else(|| settings.model.path.clone()).unwrap_or_else(bundled_model_path);
             let model = match Model::load(&path, settings.identify.batch) {
                 Ok(m) => m,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let beside = crate::gallery::beside(&path);
+            let gallery_path = match (gallery, &settings.model.gallery) {
+                (Some(p), _) => Some(p),
+                (None, GalleryChoice::Path(p)) => Some(p.clone()),
+                (None, GalleryChoice::Off) => None,
+                (None, GalleryChoice::Auto) => (model.meta.embedding.is_some() && beside.is_file()).then_some(beside),
+            };
+            let gallery = match gallery_path.map(|p| Gallery::load(&p, &model)).transpose() {
+                Ok(g) => g,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::FAILURE;
@@ -83,10 +117,19 @@ pub fn run(settings: &crate::config::Settings, cmd: ModelCommand) -> ExitCode {
                     metadata: &model.meta,
                     signature: &model.signature,
                     camera,
+                    gallery: gallery.as_ref().map(|g| GalleryInfo {
+                        path: g.path.display().to_string(),
+                        sha256: &g.sha256,
+                        version: g.version,
+                        machines: g.machines.iter().map(|m| m.label.as_str()).collect(),
+                        threshold: g.threshold,
+                        outlier_threshold: g.outlier_threshold,
+                        calibration: &g.calibration,
+                    }),
                 };
                 println!("{}", serde_json::to_string_pretty(&doc).expect("plain data serialises"));
             } else {
-                print!("{}", text(&model, &camera));
+                print!("{}{}", text(&model, &camera), open_set_text(&model, gallery.as_ref()));
             }
             ExitCode::SUCCESS
         }
@@ -145,4 +188,35 @@ fn text(model: &Model, camera: &CameraNeeds) -> String {
         dpi = camera.min_scanner_dpi,
         surf = camera.min_surface_mm2,
     )
+}
+
+/// How the model tells known machines from unknown ones, for people.
+fn open_set_text(model: &Model, gallery: Option<&Gallery>) -> String {
+    let embedding = match &model.meta.embedding {
+        Some(e) => format!("embedding  {} float32 [n, {}] ({})\n", e.output, e.dim, e.kind),
+        None => "embedding  none: the model cannot use a fingerprint gallery (docs/gallery.md)\n".into(),
+    };
+    let open_set = match gallery {
+        Some(g) => {
+            let calibrated = match (
+                g.calibration.get("false_reject_target").and_then(|v| v.as_f64()),
+                g.calibration.get("known_parts").and_then(|v| v.as_u64()),
+            ) {
+                (Some(t), Some(n)) => format!(", set for {:.1} % false rejects on {n} known parts", t * 100.0),
+                _ => String::new(),
+            };
+            format!(
+                "gallery    {} (version {}, sha256 {})\n\x20          {} machines; unknown beyond distance {:.1} (outlier {:.1}){calibrated}\n",
+                g.path.display(),
+                g.version,
+                &g.sha256[..12],
+                g.machines.len(),
+                g.threshold,
+                g.outlier_threshold
+            )
+        }
+        None => "gallery    none: verdicts by the vote alone, which names a known machine even for surfaces it has never seen\n"
+            .into(),
+    };
+    format!("{embedding}{open_set}")
 }

@@ -9,6 +9,8 @@ use assert_cmd::Command;
 /// The shipped reference models and the fleet they were trained on.
 pub const INT8_MODEL: &str = "models/amfp-synth-v3.int8.onnx";
 pub const F32_MODEL: &str = "models/amfp-synth-v3.onnx";
+pub const INT8_GALLERY: &str = "models/amfp-synth-v3.int8.gallery.json";
+pub const F32_GALLERY: &str = "models/amfp-synth-v3.gallery.json";
 pub const FLEET: &str = "models/amfp-synth-v3.fleet.toml";
 pub const REPORT: &str = "models/amfp-synth-v3.report.json";
 

@@ -1,0 +1,117 @@
+//! The open set through the CLI with the shipped model and its fingerprint gallery
+//! (docs/gallery.md): surfaces the model has never seen must not be named as a known machine,
+//! known parts are named with the distances behind the verdict, and a gallery that does not
+//! belong to the model is refused with a clear error. The rates themselves are measured by the
+//! open-set benchmark (docs/openset.md) and `tests/identify_accuracy.rs`.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use rand::{RngExt, SeedableRng};
+
+
+/// Writes a `w` x `h` image of uniform random RGB noise as a JPEG of quality 85 (what a phone
+/// or camera writes), with a pixel size in its JFIF header so the envelope accepts it.
+fn noise_jpeg(path: &Path, seed: u64, w: u32, h: u32) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let img = image::RgbImage::from_fn(w, h, |_, _| image::Rgb([rng.random(), rng.random(), rng.random()]));
+    let file = std::fs::File::create(path).unwrap();
+    let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(std::io::BufWriter::new(file), 85);
+    // 10.6 µm per pixel: 2396 dots per inch.
+    enc.set_pixel_density(image::codecs::jpeg::PixelDensity::dpi(2396));
+    enc.encode_image(&img).unwrap();
+}
+
+/// Uniform noise was the new user's first surprise ("IDENTIFIED 5200-2 (MJF), score 0.946"):
+/// with the gallery it is far from every machine. Fresh parts of known machines are named, with
+/// the distance under the threshold; every judged result says it used the gallery.
+#[test]
+fn noise_is_never_named_and_known_parts_are_named_with_their_distance() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for seed in 0..3 {
+        let path = dir.path().join(format!("noise-{seed}.jpg"));
+        noise_jpeg(&path, 900 + seed, 1400, 1400);
+        files.push(path);
+    }
+    let machines: Vec<String> = ["M2-1", "S450-2", "F3B-4", "5200-1"].map(String::from).to_vec();
+    let parts = simulate(&dir.path().join("known"), &machines, 1, 20_261_204);
+    let mut all: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    all.extend(parts.iter().map(|p| p.file.as_path()));
+    let (results, out) = identify_json(&["--model", repo(INT8_MODEL).to_str().unwrap()], &all);
+    assert_eq!(results.len(), all.len(), "{out:?}");
+    for a in &results[..files.len()] {
+        assert_ne!(a["verdict"], "identified", "noise was named: {a}");
+        if a["verdict"] == "unknown" {
+            assert_eq!(a["mode"], "gallery", "{a}");
+            assert!(a["reason"].as_str().unwrap().contains("far from every known machine"), "{a}");
+            assert!(a["gallery"]["plain_distance"].as_f64().unwrap() > a["gallery"]["outlier_threshold"].as_f64().unwrap());
+        }
+    }
+    for (part, a) in parts.iter().zip(&results[files.len()..]) {
+        assert_eq!(a["mode"], "gallery", "{a}");
+        assert_eq!(a["verdict"], "identified", "{a}");
+        assert_eq!(a["label"], part.machine.as_str(), "{a}");
+        assert_eq!(a["process"], part.process.as_str(), "{a}");
+        let g = &a["gallery"];
+        assert_eq!(g["nearest"], part.machine.as_str());
+        assert!(g["distance"].as_f64().unwrap() <= g["threshold"].as_f64().unwrap(), "{a}");
+        assert!(g["runner_up_distance"].as_f64().unwrap() > g["distance"].as_f64().unwrap(), "{a}");
+        assert_eq!(g["version"], 1);
+        assert_eq!(g["sha256"].as_str().unwrap().len(), 64);
+    }
+    // A claim is checked against the claimed machine's fingerprint: its distance is reported.
+    let first = parts[0].file.as_path();
+    let (claimed, _) = identify_json(&["--model", repo(INT8_MODEL).to_str().unwrap(), "--claim", "S450-2"], &[first]);
+    let claim = &claimed[0]["claim"];
+    assert_eq!(claim["status"], "contradicted", "{claim}");
+    assert!(claim["distance"].as_f64().unwrap() > claimed[0]["gallery"]["distance"].as_f64().unwrap(), "{claim}");
+    // --no-gallery is the paper's vote, and says so.
+    let (vote, _) = identify_json(&["--model", repo(INT8_MODEL).to_str().unwrap(), "--no-gallery"], &[first]);
+    assert_eq!(vote[0]["mode"], "vote");
+    assert!(vote[0].get("gallery").is_none());
+}
+
+/// A gallery belongs to one model file: the f32 model's gallery is refused for the int8 model,
+/// and a damaged file is named as such; both before any image is judged.
+#[test]
+fn a_foreign_or_damaged_gallery_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("noise.jpg");
+    noise_jpeg(&image, 1, 400, 400);
+    let int8 = repo(INT8_MODEL);
+    let out = amfp()
+        .args(["identify", "--model", int8.to_str().unwrap(), "--gallery", repo(F32_GALLERY).to_str().unwrap()])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to model amfp-synth-v3 ") && err.contains("not to the loaded model amfp-synth-v3-int8"), "{err}");
+
+    let text = std::fs::read_to_string(repo(INT8_GALLERY)).unwrap();
+    let damaged = dir.path().join("damaged.gallery.json");
+    std::fs::write(&damaged, &text[..text.len() / 2]).unwrap();
+    let out = amfp()
+        .args(["identify", "--model", int8.to_str().unwrap(), "--gallery", damaged.to_str().unwrap()])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not an amfp gallery file") && err.contains("not JSON"), "{err}");
+
+    // `amfp model inspect` names the gallery the model judges with, and refuses a foreign one.
+    let out = amfp().args(["model", "inspect", int8.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("amfp-synth-v3.int8.gallery.json (version 1"), "{text}");
+    assert!(text.contains("embedding  embedding float32 [n, 256]"), "{text}");
+    let out = amfp()
+        .args(["model", "inspect", int8.to_str().unwrap(), "--gallery", repo(F32_GALLERY).to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
