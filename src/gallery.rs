@@ -110,9 +110,10 @@ struct MachineFile {
     mean: ArrayFile,
 }
 
+/// The fields amfp reads (docs/gallery.md); `format` is checked before, the rest (history,
+/// created...) are for people and tools.
 #[derive(Deserialize)]
 struct GalleryFile {
-    format: String,
     schema: u32,
     model: ModelRefFile,
     embedding: EmbeddingFile,
@@ -159,14 +160,15 @@ impl Gallery {
         let Some(spec) = spec else {
             return Err(GalleryError::NoEmbedding { path: path.to_owned(), model: model.to_string() });
         };
-        let format = |detail: String| GalleryError::Format { path: path.to_owned(), detail };
-        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format(format!("not JSON ({e})")))?;
+        let not_gallery = |detail: String| GalleryError::Format { path: path.to_owned(), detail };
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| not_gallery(format!("not JSON ({e})")))?;
+        // Checked first, so that any other JSON file is named as such rather than by its first missing field.
         if value.get("format").and_then(|f| f.as_str()) != Some("amfp-gallery") {
-            return Err(format("its \"format\" is not \"amfp-gallery\"".into()));
+            return Err(not_gallery("its \"format\" is not \"amfp-gallery\"".into()));
         }
         let file: GalleryFile = serde_path_to_error::deserialize(value)
-            .map_err(|e| format(format!("field {}: {}", e.path(), e.inner())))?;
-        debug_assert_eq!(file.format, "amfp-gallery");
+            .map_err(|e| not_gallery(format!("field {}: {}", e.path(), e.inner())))?;
         if file.model.sha256 != model_sha256 {
             return Err(GalleryError::WrongModel {
                 path: path.to_owned(),
