@@ -177,6 +177,10 @@ async fn parts_from_a_directory_arrive_as_results() {
 
     let online = sub.status(&station.topic("status"), "online").await;
     assert_eq!(online["model"]["name"], "amfp-synth-v3-int8");
+    // The status says how verdicts are reached: the bundled gallery, its version and hash.
+    assert_eq!(online["model"]["open_set"], "gallery");
+    assert_eq!(online["model"]["gallery"]["version"], 1);
+    assert_eq!(online["model"]["gallery"]["machines"], 21);
     assert_eq!(online["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(online["camera"]["kind"], "directory");
     assert_eq!(online["source"]["kind"], "directory");
@@ -186,7 +190,7 @@ async fn parts_from_a_directory_arrive_as_results() {
         let i = names.iter().position(|n| *n == name).unwrap_or_else(|| panic!("unexpected source {name}"));
         let e = &expected[i];
         assert_eq!((r["device"].as_str(), r["source"]["kind"].as_str()), (Some(station.device.as_str()), Some("directory")));
-        for key in ["verdict", "label", "score", "margin", "top", "rois", "envelope", "model"] {
+        for key in ["verdict", "label", "score", "margin", "top", "rois", "envelope", "model", "mode", "gallery"] {
             assert_eq!(r[key], e[key], "{key} of {name}");
         }
     }
