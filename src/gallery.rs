@@ -17,7 +17,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::model::{EmbeddingSpec, Model};
+use crate::config::GalleryChoice;
+use crate::model::{EmbeddingSpec, Model, hex};
 
 /// The gallery file format version this amfp reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -134,6 +135,19 @@ pub fn beside(model: &Path) -> PathBuf {
     let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let stem = name.strip_suffix(".onnx").unwrap_or(&name);
     model.with_file_name(format!("{stem}.gallery.json"))
+}
+
+/// The gallery file `choice` names for `model`: the given path, none, or (`auto`) the one beside
+/// the model when the model has an embedding output and the file exists.
+pub fn chosen(choice: &GalleryChoice, model: &Model) -> Option<PathBuf> {
+    match choice {
+        GalleryChoice::Path(p) => Some(p.clone()),
+        GalleryChoice::Off => None,
+        GalleryChoice::Auto => {
+            let path = beside(&model.path);
+            (model.meta.embedding.is_some() && path.is_file()).then_some(path)
+        }
+    }
 }
 
 impl Gallery {
@@ -254,11 +268,6 @@ impl Gallery {
             whitened_means,
             whitened_global_mean,
         })
-    }
-
-    /// Features per embedding.
-    pub fn dim(&self) -> usize {
-        self.dim
     }
 
     /// Starts the fingerprint of one part: add its ROIs' embedding rows with
@@ -453,10 +462,6 @@ fn mat_vec(m: &[f64], v: &[f64], dim: usize) -> Vec<f64> {
 
 fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

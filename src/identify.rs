@@ -78,13 +78,8 @@ pub fn load_models(
             model.meta.labels.len(),
             &model.sha256[..12]
         );
-        let beside = crate::gallery::beside(path);
-        let chosen = match gallery {
-            GalleryChoice::Path(p) if i == 0 => Some(p.clone()),
-            GalleryChoice::Off if i == 0 => None,
-            _ => (model.meta.embedding.is_some() && beside.is_file()).then_some(beside.clone()),
-        };
-        let loaded = chosen.map(|p| Gallery::load(&p, &model)).transpose()?;
+        let choice = if i == 0 { gallery } else { &GalleryChoice::Auto };
+        let loaded = crate::gallery::chosen(choice, &model).map(|p| Gallery::load(&p, &model)).transpose()?;
         match &loaded {
             Some(g) => log::info!(
                 "gallery {} (version {}, {} machines, sha256 {}): verdicts by distance to each machine's fingerprint",
@@ -101,7 +96,7 @@ pub fn load_models(
                  even for surfaces the model has never seen (docs/gallery.md)",
                 model.meta.name,
                 if model.meta.embedding.is_some() { "none at" } else { "it has no embedding output; looked for" },
-                beside.display()
+                crate::gallery::beside(path).display()
             ),
         }
         models.push(model);
@@ -259,10 +254,6 @@ impl Identifier {
         Self { models, galleries, options }
     }
 
-    /// Each model's gallery, when it has one (in model order).
-    pub fn galleries(&self) -> &[Option<Gallery>] {
-        &self.galleries
-    }
 
     /// The loaded models, primary first.
     pub fn models(&self) -> &[Model] {

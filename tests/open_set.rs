@@ -82,25 +82,23 @@ fn a_foreign_or_damaged_gallery_is_a_clear_error() {
     let image = dir.path().join("noise.jpg");
     noise_jpeg(&image, 1, 400, 400);
     let int8 = repo(INT8_MODEL);
-    let out = amfp()
-        .args(["identify", "--model", int8.to_str().unwrap(), "--gallery", repo(F32_GALLERY).to_str().unwrap()])
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    // `amfp identify` of the int8 model with `gallery`: it must fail (exit 1); its stderr.
+    let refused = |gallery: &Path| -> String {
+        let out = amfp()
+            .args(["identify", "--model", int8.to_str().unwrap(), "--gallery", gallery.to_str().unwrap()])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&repo(F32_GALLERY));
     assert!(err.contains("belongs to model amfp-synth-v3 ") && err.contains("not to the loaded model amfp-synth-v3-int8"), "{err}");
 
     let text = std::fs::read_to_string(repo(INT8_GALLERY)).unwrap();
     let damaged = dir.path().join("damaged.gallery.json");
     std::fs::write(&damaged, &text[..text.len() / 2]).unwrap();
-    let out = amfp()
-        .args(["identify", "--model", int8.to_str().unwrap(), "--gallery", damaged.to_str().unwrap()])
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&damaged);
     assert!(err.contains("is not an amfp gallery file") && err.contains("not JSON"), "{err}");
 
     // `amfp model inspect` names the gallery the model judges with, and refuses a foreign one.

@@ -95,14 +95,8 @@ pub fn run(settings: &crate::config::Settings, cmd: ModelCommand) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let beside = crate::gallery::beside(&path);
-            let gallery_path = match (gallery, &settings.model.gallery) {
-                (Some(p), _) => Some(p),
-                (None, GalleryChoice::Path(p)) => Some(p.clone()),
-                (None, GalleryChoice::Off) => None,
-                (None, GalleryChoice::Auto) => (model.meta.embedding.is_some() && beside.is_file()).then_some(beside),
-            };
-            let gallery = match gallery_path.map(|p| Gallery::load(&p, &model)).transpose() {
+            let choice = gallery.map_or_else(|| settings.model.gallery.clone(), GalleryChoice::Path);
+            let gallery = match crate::gallery::chosen(&choice, &model).map(|p| Gallery::load(&p, &model)).transpose() {
                 Ok(g) => g,
                 Err(e) => {
                     eprintln!("error: {e}");

@@ -339,7 +339,8 @@ pub fn softmax_in_place(row: &mut [f32]) {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of a digest, as amfp reports file hashes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
