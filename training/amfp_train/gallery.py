@@ -578,13 +578,17 @@ class OrtSource:
         return Embeddings(z, labs, keys, rois, votes, skipped)
 
 
+def identify_help(amfp: str | Path) -> str:
+    """`amfp identify --help`: which flags this binary has. Raises OSError or TimeoutExpired."""
+    return subprocess.run([str(amfp), "identify", "--help"], capture_output=True, text=True, timeout=60).stdout
+
+
 def amfp_supports_embeddings(amfp: str | Path) -> bool:
     """Whether `amfp identify` has --with-embedding (older binaries don't)."""
     try:
-        r = subprocess.run([str(amfp), "identify", "--help"], capture_output=True, text=True, timeout=60)
+        return "--with-embedding" in identify_help(amfp)
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return "--with-embedding" in r.stdout
 
 
 class AmfpSource:
@@ -596,10 +600,8 @@ class AmfpSource:
         self.amfp, self.chunk, self.threads, self.seed = str(amfp), chunk, threads, seed
         self.extra = list(extra_args or [])
         self.description = f"amfp identify --with-embedding --early-stop off ({Path(self.amfp).name})"
-        help_text = ""
         try:
-            help_text = subprocess.run([self.amfp, "identify", "--help"], capture_output=True, text=True,
-                                       timeout=60).stdout
+            help_text = identify_help(self.amfp)
         except OSError as e:
             raise ValueError(f"cannot run {self.amfp}: {e}") from e
         if "--with-embedding" not in help_text:
