@@ -31,6 +31,12 @@
 scans in the same layout, for example; then ``--holdout`` names held-out
 machines, if any). ``--quick`` shrinks everything for a smoke test.
 
+Split across machines (a GPU box for the training, this one for the rest): ``--stop-after
+train`` on the GPU box leaves ``OUT/checkpoint.pt``; here, the same command with
+``--reuse-simulation --checkpoint PATH`` simulates the same dataset (``amfp synth`` is
+deterministic: same binary, same seeds, same files) and goes on from export without training.
+``--stop-after simulate`` only simulates.
+
 ``--recipe v4`` (issue 17's robust training; docs/training.md, "The v4 recipe") trains the next
 model the same way with, in addition: photometric augmentations of the training ROIs (JPEG
 60-95, exposure, gamma, defocus, sensor noise, polarity: amfp_train.augment); ``--aux-units``
@@ -348,6 +354,10 @@ def main(argv=None) -> dict:
                          "`identify --with-embedding`, else onnxruntime)")
     ap.add_argument("--gallery-fit-parts", type=int, default=40,
                     help="training parts per known machine that fit the gallery (0: all)")
+    ap.add_argument("--stop-after", choices=["simulate", "train"], default=None,
+                    help="stop after this step (e.g. train on a GPU box, the rest elsewhere)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="a checkpoint.pt trained on this same dataset elsewhere: skip the training")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help=f"override a training setting ({', '.join(SHIPPED)}); not for the shipped model")
     a = ap.parse_args(argv)
@@ -438,6 +448,9 @@ def main(argv=None) -> dict:
             source += (f";aux_units={len(units)}x({sim['aux_parts']}+{sim['aux_micro_parts']}@"
                        f"{MICROSCOPE_PIXEL_UM}um),seed+{AUX_SEED_OFFSET}")
     timings["simulate_s"] = round(time.time() - t0, 1)
+    if a.stop_after == "simulate":
+        log.info("simulated in %.1f min: %s", timings["simulate_s"] / 60, data)
+        return {"data": str(data), "aux_data": aux_data, "timings": timings}
     if a.recipe != "v3":
         from .dataset import read_dataset
 
@@ -454,8 +467,15 @@ def main(argv=None) -> dict:
         targs += ["--aux-data", ",".join(aux_data)]
     for k, v in s.items():  # every setting is a train flag of the same name: lr_decay -> --lr-decay
         targs += ["--" + k.replace("_", "-"), str(v)]
-    ckpt = train(train_args(targs))
+    if a.checkpoint:
+        ckpt = Path(a.checkpoint)
+        log.info("not training: the checkpoint %s (trained elsewhere on this dataset)", ckpt)
+    else:
+        ckpt = train(train_args(targs))
     timings["train_s"] = round(time.time() - t, 1)
+    if a.stop_after == "train":
+        log.info("trained in %.1f min: %s", timings["train_s"] / 60, ckpt)
+        return {"checkpoint": str(ckpt), "timings": timings}
 
     t = time.time()
     f32 = out / f"{a.name}.onnx"
@@ -496,6 +516,7 @@ def main(argv=None) -> dict:
         "recipe": a.recipe, "simulation": dict(sim, aux_units_names=[n for n, _ in units], aux_data=aux_data,
                                                synth_args=synth_args),
         "estimate_min": {"cpu_2_cores": est_cpu, "gpu": est_gpu},
+        "trained_elsewhere": {"checkpoint": str(ckpt), "sha256": sha256_file(ckpt)} if a.checkpoint else None,
         "export": exp, "quantize": q, "calibration": cal, "gallery": galleries,
         "accuracy": {"f32": rep["f32"].get("accuracy"), "int8": rep.get("int8", {}).get("accuracy")},
         "files": {p.name: sha256_file(p) for p in (f32, int8, gallery_path(f32), gallery_path(int8))},
