@@ -6,7 +6,9 @@
 pub mod calibrate;
 pub mod cameras;
 pub mod config;
+pub mod enroll;
 pub mod envelope;
+pub mod gallery;
 pub mod identify;
 pub mod model;
 pub mod run;
@@ -49,6 +51,11 @@ pub enum Command {
     /// Look at models.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Add a machine to the model's fingerprint gallery from images of its parts, without
+    /// retraining (a new gallery version; the previous ones are kept).
+    Enroll(enroll::EnrollArgs),
+    /// List, show, audit, remove from or roll back the model's fingerprint gallery.
+    Gallery(gallery::GalleryArgs),
     /// Run the daemon: inspect parts from a camera, a watched directory or the simulator, and
     /// send each attribution to stdout, the results log and MQTT, until SIGINT or SIGTERM.
     Run(run::RunArgs),
@@ -70,16 +77,23 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Synth(args) => synth::run(cli.config.as_deref(), args),
         Command::Identify(args) => with_settings(cli.config.as_deref(), |s| identify::run(s, args)),
         Command::Model(cmd) => with_settings(cli.config.as_deref(), |s| model::run(s, cmd)),
+        Command::Enroll(args) => with_settings(cli.config.as_deref(), |s| enroll::run(s, args)),
+        Command::Gallery(args) => with_settings(cli.config.as_deref(), |s| gallery::run(s, args)),
         Command::Run(args) => with_settings(cli.config.as_deref(), |s| run::run(s, args)),
         Command::Cameras(args) => with_settings(cli.config.as_deref(), |s| cameras::run(s, args)),
-        Command::Calibrate(args) => with_settings(cli.config.as_deref(), |s| calibrate::run(s, args)),
+        Command::Calibrate(args) => {
+            with_settings(cli.config.as_deref(), |s| calibrate::run(s, args))
+        }
         Command::Envelope(args) => with_settings(cli.config.as_deref(), |s| envelope::run(s, args)),
     }
 }
 
 /// Loads the configuration and starts logging, then runs `f`; an invalid configuration is
 /// reported (every problem) and exits with [`crate::config::EXIT_INVALID`].
-pub fn with_settings(path: Option<&std::path::Path>, f: impl FnOnce(&crate::config::Settings) -> ExitCode) -> ExitCode {
+pub fn with_settings(
+    path: Option<&std::path::Path>,
+    f: impl FnOnce(&crate::config::Settings) -> ExitCode,
+) -> ExitCode {
     match crate::config::load(path) {
         Ok(settings) => {
             crate::logging::init(&settings.log);
