@@ -223,6 +223,9 @@ def parse_attribution(rec: Record, a: dict) -> Record:
         rec.outlier_threshold = g.get("outlier_threshold")
         n = g.get("nearest")
         rec.nearest = n.get("label") if isinstance(n, dict) else n
+    c = a.get("claim")  # with --claim LABEL: status, consistent, distance... (amfp_train.enrollment)
+    if isinstance(c, dict):
+        rec.extra["claim"] = c
     return rec
 
 
@@ -328,15 +331,19 @@ def model_report(records: list[Record]) -> dict:
     return rep
 
 
+def bar_row(what: str, value: float | None, limit: float, higher: bool) -> dict:
+    """One bar: what, measured, limit, at_least or at_most, pass (None: not measured)."""
+    ok = None if value is None or (isinstance(value, float) and math.isnan(value)) else \
+        (value >= limit if higher else value <= limit)
+    return {"bar": what, "measured": value, "limit": limit, "at_least" if higher else "at_most": True, "pass": ok}
+
+
 def check_bars(cases: dict) -> list[dict]:
     """The issue's bars against one model's table: what, measured, bar, pass (None: not run)."""
     out = []
 
     def bar(what: str, value: float | None, limit: float, higher: bool) -> None:
-        ok = None if value is None or (isinstance(value, float) and math.isnan(value)) else \
-            (value >= limit if higher else value <= limit)
-        out.append({"bar": what, "measured": value, "limit": limit, "at_least" if higher else "at_most": True,
-                    "pass": ok})
+        out.append(bar_row(what, value, limit, higher))
 
     k = cases.get("known")
     if k:
@@ -455,13 +462,19 @@ def table_md(rep: dict, title: str) -> str:
             lines.append(f"| {case} | " + " | ".join(
                 f"{_pct(v['caught_at_1pct'])} / {_pct(v['caught_at_5pct'])} / {_f3(v['auroc'])}"
                 for v in ws.values()) + " |")
-    lines += ["", "Bars (issue 17):", "", "| bar | measured | limit | pass |", "|---|---:|---:|---|"]
-    for b in rep["bars"]:
+    lines += ["", "Bars (issue 17):", ""] + bars_md(rep["bars"])
+    return "\n".join(lines)
+
+
+def bars_md(bars: list[dict]) -> list[str]:
+    """The bars as a markdown table: a rate in % (a bar naming a count: the count)."""
+    lines = ["| bar | measured | limit | pass |", "|---|---:|---:|---|"]
+    for b in bars:
         m = b["measured"]
         ms = "—" if m is None else (f"{m:.0f}" if "count" in b["bar"] else f"{100 * m:.2f} %")
         lim = f"{b['limit']:.0f}" if "count" in b["bar"] else f"{'>=' if 'at_least' in b else '<='} {100 * b['limit']:.1f} %"
         lines.append(f"| {b['bar']} | {ms} | {lim} | {'—' if b['pass'] is None else 'yes' if b['pass'] else '**no**'} |")
-    return "\n".join(lines)
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,17 +499,20 @@ def read_fleet_header(path: Path) -> dict:
                 "machines": dict(zip(names, models))}
 
 
-def benchmark_fleet(model_fleet: Path) -> str:
-    """The held-out units as a fleet file: the model fleet's seed and spread (so the units are
-    drawn as the model's own were), new names of its printer models."""
+def benchmark_fleet(model_fleet: Path, units: list[tuple[str, str, str]] | None = None,
+                    what: str = "amfp open-set benchmark: held-out units of known printer models (amfp_train.openset)") -> str:
+    """The held-out units (``units``: (name, printer model, process); default ``HELDOUT_UNITS``)
+    as a fleet file: the model fleet's seed and spread (so the units are drawn as the model's own
+    were), new names of its printer models."""
+    units = HELDOUT_UNITS if units is None else units
     head = read_fleet_header(model_fleet)
-    clash = [n for n, _, _ in HELDOUT_UNITS if n in head["machines"]]
+    clash = [n for n, _, _ in units if n in head["machines"]]
     if clash:
         raise SystemExit(f"{model_fleet} already has machines named {', '.join(clash)}: they would not be held out")
-    text = ["# amfp open-set benchmark: held-out units of known printer models (amfp_train.openset).",
+    text = [f"# {what}.",
             f"# Drawn like the model's fleet ({model_fleet.name}): same seed and spread, new names.", "",
             f"seed = {head['seed']}", f"unit_spread = {head['unit_spread']}", ""]
-    for name, model, _ in HELDOUT_UNITS:
+    for name, model, _ in units:
         text += ["[[machine]]", f'name = "{name}"', f'model = "{model}"', ""]
     return "\n".join(text)
 
@@ -637,7 +653,7 @@ def identify(amfp: str, model: str, records: list[Record], threads: int, chunk: 
             cmd = [amfp, "identify", "--model", model, "--json", "--threads", str(threads), *extra,
                    *[r.path for r in part]]
             r = run_cmd(cmd)
-            if r.returncode not in (0, 3, 4):
+            if r.returncode not in (0, 3, 4, 5):  # 5: a claim contradicted (--claim)
                 log.warning("amfp identify exit %d on %d images: %s", r.returncode, len(part), r.stderr.strip()[-2000:])
             by_name = {}
             lines = [ln for ln in r.stdout.splitlines() if ln.strip().startswith("{")]
