@@ -15,12 +15,7 @@ use amfp::synth::{DatasetSpec, Fleet, ImagingSpec, Layout, Mode, SplitFractions,
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
 /// One machine of each process from the built-in fleet.
-const MACHINES: [(&str, &str); 4] = [
-    ("FDM", "S450-1"),
-    ("DLS", "M2-1"),
-    ("SLA", "F3B-1"),
-    ("MJF", "4200-1"),
-];
+const MACHINES: [(&str, &str); 4] = [("FDM", "S450-1"), ("DLS", "M2-1"), ("SLA", "F3B-1"), ("MJF", "4200-1")];
 
 fn spec(machines: &[&str], mode: Mode, parts: u32) -> DatasetSpec {
     let names: Vec<String> = machines.iter().map(|s| s.to_string()).collect();
@@ -33,12 +28,7 @@ fn spec(machines: &[&str], mode: Mode, parts: u32) -> DatasetSpec {
         seed: 7,
         parts_per_machine: parts,
         first_build: 1,
-        imaging: ImagingSpec {
-            mode,
-            pixel_um,
-            microscope_px: (1280, 960),
-            bit_depth: 8,
-        },
+        imaging: ImagingSpec { mode, pixel_um, microscope_px: (1280, 960), bit_depth: 8 },
         jpeg_quality: None,
         split: SplitFractions::default(),
         layout: Layout::Flat,
@@ -86,10 +76,7 @@ fn parts(c: &mut Criterion) {
 
 fn whole_pipeline(c: &mut Criterion) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     let spec = spec(&MACHINES.map(|(_, m)| m), Mode::Scanner, 2);
     let parts = spec.fleet.machines.len() as u64 * u64::from(spec.parts_per_machine);
     let dir = tempfile::tempdir().unwrap();

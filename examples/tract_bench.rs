@@ -35,8 +35,8 @@ use std::time::Instant;
 use clap::{Parser, ValueEnum};
 use serde_json::json;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_core::internal::{EvalContext, OpState};
+use tract_onnx::tract_hir::infer::Factoid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -118,8 +118,12 @@ fn main() -> TractResult<()> {
     };
     let t0 = Instant::now();
     let (runner, typed): (Runner, Option<TypedModel>) = if a.mode == Mode::Amfp {
-        let model = amfp::model::Model::load_with(&a.model, per_call, &amfp::model::LoadOptions { threads: a.threads, per_roi: !a.batched })
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let model = amfp::model::Model::load_with(
+            &a.model,
+            per_call,
+            &amfp::model::LoadOptions { threads: a.threads, per_roi: !a.batched },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         (Box::new(move |x: &[f32]| model.logits(x).map_err(|e| anyhow::anyhow!("{e}"))), None)
     } else {
         let typed = load_typed(&a.model, per_call, c, h, w, a.transform.as_deref())?;
@@ -137,7 +141,8 @@ fn main() -> TractResult<()> {
     };
     let load_s = t0.elapsed().as_secs_f64();
 
-    let input: Vec<f32> = (0..a.rois).flat_map(|i| data[(i % (data.len() / roi_len)) * roi_len..][..roi_len].to_vec()).collect();
+    let input: Vec<f32> =
+        (0..a.rois).flat_map(|i| data[(i % (data.len() / roi_len)) * roi_len..][..roi_len].to_vec()).collect();
     let run_all = || -> TractResult<Vec<f32>> {
         let chunks: Vec<&[f32]> = input.chunks(per_call * roi_len).collect();
         let pad = |chunk: &[f32]| -> Vec<f32> {
@@ -188,14 +193,21 @@ fn main() -> TractResult<()> {
     });
     if let Some(typed) = &typed {
         if a.profile {
-            report["profile_s"] = json!(profile(typed, &input[..per_call * roi_len], [per_call, c, h, w], a.profile_nodes)?);
+            report["profile_s"] =
+                json!(profile(typed, &input[..per_call * roi_len], [per_call, c, h, w], a.profile_nodes)?);
         }
         if a.dump {
-            report["ops"] = json!(typed.nodes().iter().map(|n| {
-                // info(): for OptMatMul, the matrix kernel tract picked for this shape.
-                let info = n.op().info().map(|i| i.join("; ")).unwrap_or_default();
-                format!("{} {} -> {:?} [{info}]", n.op().name(), n.name, n.outputs[0].fact.shape)
-            }).collect::<Vec<_>>());
+            report["ops"] = json!(
+                typed
+                    .nodes()
+                    .iter()
+                    .map(|n| {
+                        // info(): for OptMatMul, the matrix kernel tract picked for this shape.
+                        let info = n.op().info().map(|i| i.join("; ")).unwrap_or_default();
+                        format!("{} {} -> {:?} [{info}]", n.op().name(), n.name, n.outputs[0].fact.shape)
+                    })
+                    .collect::<Vec<_>>()
+            );
         }
     }
     println!("{report}");
@@ -210,7 +222,14 @@ fn executor(mode: Mode, threads: usize) -> TractResult<Option<multithread::Execu
         .transpose()
 }
 
-fn load_typed(path: &Path, batch: usize, c: usize, h: usize, w: usize, transform: Option<&str>) -> TractResult<TypedModel> {
+fn load_typed(
+    path: &Path,
+    batch: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    transform: Option<&str>,
+) -> TractResult<TypedModel> {
     let mut model = tract_onnx::onnx()
         .with_ignore_value_info(true)
         .model_for_path(path)?
@@ -240,7 +259,8 @@ fn profile(typed: &TypedModel, x: &[f32], shape: [usize; 4], by_node: bool) -> T
             |ctx: &EvalContext, st: Option<&mut (dyn OpState + 'static)>, node: &TypedNode, inputs: TVec<TValue>| {
                 let t = Instant::now();
                 let r = tract_onnx::tract_core::plan::eval(ctx, st, node, inputs);
-                let key = if by_node { format!("{} {}", node.op().name(), node.name) } else { node.op().name().to_string() };
+                let key =
+                    if by_node { format!("{} {}", node.op().name(), node.name) } else { node.op().name().to_string() };
                 *times.entry(key).or_default() += t.elapsed().as_secs_f64();
                 r
             },
@@ -272,7 +292,12 @@ fn load_input(a: &Args) -> TractResult<(usize, usize, usize, Vec<f32>)> {
         .shape
         .dims()
         .skip(1)
-        .map(|d| d.concretize().and_then(|d| d.to_i64().ok()).map(|d| d as usize).ok_or_else(|| anyhow::anyhow!("the input's C, H, W must be fixed")))
+        .map(|d| {
+            d.concretize()
+                .and_then(|d| d.to_i64().ok())
+                .map(|d| d as usize)
+                .ok_or_else(|| anyhow::anyhow!("the input's C, H, W must be fixed"))
+        })
         .collect::<TractResult<_>>()?;
     anyhow::ensure!(dims.len() == 3, "want an NCHW input");
     let n = dims.iter().product::<usize>();
@@ -301,6 +326,8 @@ fn write_npy(path: &Path, data: &[f32], shape: &[u64]) -> TractResult<()> {
 fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }

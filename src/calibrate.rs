@@ -127,7 +127,12 @@ pub fn calibrate(frame: &Frame, pitch_um: f64) -> Result<Calibration, Calibratio
     let strong: Vec<Peak> = peaks.iter().copied().filter(|p| p.power >= STRONG * strongest.power).collect();
     let mut fundamentals = vec![fundamental(&strong, strongest)];
     // A second, perpendicular family of strong peaks: a grid.
-    if let Some(across) = strong.iter().copied().filter(|p| angle_between(p, &strongest) > 87.0).max_by(|a, b| a.power.total_cmp(&b.power)) {
+    if let Some(across) = strong
+        .iter()
+        .copied()
+        .filter(|p| angle_between(p, &strongest) > 87.0)
+        .max_by(|a, b| a.power.total_cmp(&b.power))
+    {
         fundamentals.push(fundamental(&strong, across));
     }
     let mut axes = Vec::new();
@@ -246,7 +251,9 @@ impl Region {
         [(0, 0), (hw, 0), (0, hh), (hw, hh)]
             .into_iter()
             .map(|(qx, qy)| {
-                let raw = (0..hh).flat_map(|y| self.raw[(qy + y) * self.w + qx..(qy + y) * self.w + qx + hw].iter().copied()).collect();
+                let raw = (0..hh)
+                    .flat_map(|y| self.raw[(qy + y) * self.w + qx..(qy + y) * self.w + qx + hw].iter().copied())
+                    .collect();
                 Region::windowed(raw, hw, hh)
             })
             .collect()
@@ -428,7 +435,9 @@ mod tests {
     fn grating(w: u32, h: u32, period: f64, angle_deg: f64) -> Frame {
         let (s, c) = angle_deg.to_radians().sin_cos();
         let pixels = (0..h)
-            .flat_map(|y| (0..w).map(move |x| (0.5 + 0.4 * (2.0 * PI * (x as f64 * c + y as f64 * s) / period).cos()) as f32))
+            .flat_map(|y| {
+                (0..w).map(move |x| (0.5 + 0.4 * (2.0 * PI * (x as f64 * c + y as f64 * s) / period).cos()) as f32)
+            })
             .collect();
         Frame { width: w, height: h, pixels, pixel_um: None, bit_depth: 8 }
     }

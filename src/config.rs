@@ -219,9 +219,7 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self {
-            level: "info".into(),
-        }
+        Self { level: "info".into() }
     }
 }
 
@@ -245,14 +243,7 @@ pub struct SynthSettings {
 
 impl Default for SynthSettings {
     fn default() -> Self {
-        Self {
-            fleet: None,
-            seed: 7,
-            scanner_pixel_um: 10.6,
-            microscope_pixel_um: 3.0,
-            bit_depth: 8,
-            threads: 0,
-        }
+        Self { fleet: None, seed: 7, scanner_pixel_um: 10.6, microscope_pixel_um: 3.0, bit_depth: 8, threads: 0 }
     }
 }
 
@@ -278,10 +269,7 @@ const ALLOWED: &[(&str, &str)] = &[
     ("synth.scanner_pixel_um", PIXEL_ALLOWED),
     ("synth.microscope_pixel_um", PIXEL_ALLOWED),
     ("synth.bit_depth", "8 or 16"),
-    (
-        "synth.threads",
-        "a whole number from 0 (one per core) to 1024",
-    ),
+    ("synth.threads", "a whole number from 0 (one per core) to 1024"),
     ("device.id", "a non-empty name without / + # or spaces (it becomes part of MQTT topics)"),
     ("model.path", "a path to an ONNX model exported for amfp"),
     ("model.extra", "a list of paths to ONNX models exported for amfp"),
@@ -359,27 +347,17 @@ impl Settings {
         if let Some(fleet) = &s.fleet
             && fleet.as_os_str().is_empty()
         {
-            bad(
-                "synth.fleet",
-                "must not be empty; leave the key out for the built-in fleet".into(),
-            );
+            bad("synth.fleet", "must not be empty; leave the key out for the built-in fleet".into());
         }
-        for (key, um) in [
-            ("synth.scanner_pixel_um", s.scanner_pixel_um),
-            ("synth.microscope_pixel_um", s.microscope_pixel_um),
-        ] {
+        for (key, um) in
+            [("synth.scanner_pixel_um", s.scanner_pixel_um), ("synth.microscope_pixel_um", s.microscope_pixel_um)]
+        {
             if !(um.is_finite() && um > 0.0 && um <= MAX_PIXEL_UM) {
-                bad(
-                    key,
-                    format!("{um} is not allowed; expected {PIXEL_ALLOWED}"),
-                );
+                bad(key, format!("{um} is not allowed; expected {PIXEL_ALLOWED}"));
             }
         }
         if !matches!(s.bit_depth, 8 | 16) {
-            bad(
-                "synth.bit_depth",
-                format!("{} is not allowed; expected 8 or 16", s.bit_depth),
-            );
+            bad("synth.bit_depth", format!("{} is not allowed; expected 8 or 16", s.bit_depth));
         }
         self.check_identify(&mut bad);
         self.check_mqtt(&mut bad);
@@ -392,11 +370,7 @@ impl Settings {
         if s.threads > MAX_THREADS {
             bad(
                 "synth.threads",
-                format!(
-                    "{} is not allowed; expected {}",
-                    s.threads,
-                    allowed("synth.threads").unwrap_or_default()
-                ),
+                format!("{} is not allowed; expected {}", s.threads, allowed("synth.threads").unwrap_or_default()),
             );
         }
         out
@@ -578,15 +552,25 @@ impl Settings {
         }
         // Keys that only make sense together.
         if m.password_file.is_some() && m.username.is_none() {
-            bad("mqtt.password_file", "is set but mqtt.username is not; MQTT sends a password only with a user name".into());
+            bad(
+                "mqtt.password_file",
+                "is set but mqtt.username is not; MQTT sends a password only with a user name".into(),
+            );
         }
         match (&m.client_cert_file, &m.client_key_file) {
-            (Some(_), None) => bad("mqtt.client_cert_file", "is set but mqtt.client_key_file is not; set both or neither".into()),
-            (None, Some(_)) => bad("mqtt.client_key_file", "is set but mqtt.client_cert_file is not; set both or neither".into()),
+            (Some(_), None) => {
+                bad("mqtt.client_cert_file", "is set but mqtt.client_key_file is not; set both or neither".into())
+            }
+            (None, Some(_)) => {
+                bad("mqtt.client_key_file", "is set but mqtt.client_cert_file is not; set both or neither".into())
+            }
             _ => {}
         }
         if m.client_cert_file.is_some() && m.ca_file.is_none() {
-            bad("mqtt.client_cert_file", "is set but mqtt.ca_file is not; a client certificate needs TLS, which mqtt.ca_file turns on".into());
+            bad(
+                "mqtt.client_cert_file",
+                "is set but mqtt.ca_file is not; a client certificate needs TLS, which mqtt.ca_file turns on".into(),
+            );
         }
     }
 }
@@ -630,7 +614,11 @@ impl Settings {
         {
             out_of("camera.white_balance_k", k.to_string());
         }
-        if let Some(name) = c.controls.keys().find(|n| n.is_empty() || !n.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')) {
+        if let Some(name) = c
+            .controls
+            .keys()
+            .find(|n| n.is_empty() || !n.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_'))
+        {
             out_of("camera.controls", format!("a control named {name:?}"));
         }
     }
@@ -644,16 +632,10 @@ pub fn check_log_filter(spec: &str) -> Result<(), String> {
         return Err(format!("must not be empty; expected {LEVEL_ALLOWED}"));
     }
     if let Err(e) = env_filter::Builder::new().try_parse(spec) {
-        return Err(format!(
-            "{spec:?} is not a log filter ({e}); expected {LEVEL_ALLOWED}"
-        ));
+        return Err(format!("{spec:?} is not a log filter ({e}); expected {LEVEL_ALLOWED}"));
     }
     let directives = spec.split('/').next().unwrap_or_default();
-    for part in directives
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-    {
+    for part in directives.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (module, level) = match part.split_once('=') {
             Some((m, l)) => (Some(m.trim()), l.trim()),
             None => (None, part),
@@ -733,13 +715,7 @@ impl ConfigError {
     }
 
     fn one(origin: Origin, key: Option<String>, message: String) -> Self {
-        Self {
-            problems: vec![Problem {
-                origin,
-                key,
-                message,
-            }],
-        }
+        Self { problems: vec![Problem { origin, key, message }] }
     }
 }
 
@@ -776,11 +752,7 @@ pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
 
 /// Like [`load`], and also says which file and environment variables were applied.
 pub fn load_sourced(path: Option<&Path>) -> Result<Loaded, ConfigError> {
-    load_from(
-        path,
-        Path::new(crate::cli::DEFAULT_CONFIG_PATH),
-        std::env::vars_os(),
-    )
+    load_from(path, Path::new(crate::cli::DEFAULT_CONFIG_PATH), std::env::vars_os())
 }
 
 /// The loader proper, with the default path and the environment passed in so tests can vary them.
@@ -797,10 +769,7 @@ fn load_from(
         None => {
             crate::logging::early_debug(
                 module_path!(),
-                format!(
-                    "no configuration file at {}; using built-in defaults",
-                    default_path.display()
-                ),
+                format!("no configuration file at {}; using built-in defaults", default_path.display()),
             );
             None
         }
@@ -814,10 +783,7 @@ fn load_from(
     if let Some(source) = file_source {
         builder = builder.add_source(source);
     }
-    let env_source: Map<String, String> = env
-        .values()
-        .map(|v| (v.name.clone(), v.raw.clone()))
-        .collect();
+    let env_source: Map<String, String> = env.values().map(|v| (v.name.clone(), v.raw.clone())).collect();
     builder = builder.add_source(
         config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator(ENV_SEPARATOR)
@@ -825,15 +791,9 @@ fn load_from(
             .try_parsing(true)
             .source(Some(env_source)),
     );
-    let root = builder
-        .build()
-        .map_err(|e| ConfigError::one(Origin::Defaults, None, e.to_string()))?
-        .cache;
+    let root = builder.build().map_err(|e| ConfigError::one(Origin::Defaults, None, e.to_string()))?.cache;
 
-    let ctx = Ctx {
-        env,
-        file: file.clone(),
-    };
+    let ctx = Ctx { env, file: file.clone() };
     let (settings, errors) = deserialize_all(root.clone(), &ctx);
     problems.extend(errors);
     for invalid in settings.check() {
@@ -847,18 +807,8 @@ fn load_from(
         problems.sort_by(|a, b| a.key.cmp(&b.key));
         return Err(ConfigError { problems });
     }
-    let env = ctx
-        .env
-        .values()
-        .map(|v| v.name.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    Ok(Loaded {
-        settings,
-        file,
-        env,
-    })
+    let env = ctx.env.values().map(|v| v.name.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    Ok(Loaded { settings, file, env })
 }
 
 /// A configuration file, parsed, as a `config` source whose values remember the file's name.
@@ -878,34 +828,17 @@ impl config::Source for TomlSource {
 /// Reads and parses one TOML file; errors name the path exactly as the user gave it.
 fn read_toml(path: &Path) -> Result<TomlSource, ConfigError> {
     let origin = || Origin::File(path.to_path_buf());
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::one(
-            origin(),
-            None,
-            format!("cannot read configuration file: {e}"),
-        )
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::one(origin(), None, format!("cannot read configuration file: {e}")))?;
     // Syntax first, with toml's own error, so the message fits on one line with its position.
     if let Err(e) = text.parse::<toml::Table>() {
-        let at = e
-            .span()
-            .map(|span| line_column(&text, span.start))
-            .map(|(l, c)| format!(" at line {l}, column {c}"));
+        let at = e.span().map(|span| line_column(&text, span.start)).map(|(l, c)| format!(" at line {l}, column {c}"));
         let message = e.message().trim_end().replace('\n', "; ");
-        return Err(ConfigError::one(
-            origin(),
-            None,
-            format!("not valid TOML{}: {message}", at.unwrap_or_default()),
-        ));
+        return Err(ConfigError::one(origin(), None, format!("not valid TOML{}: {message}", at.unwrap_or_default())));
     }
     let uri = path.display().to_string();
-    let map = config::Format::parse(&config::FileFormat::Toml, Some(&uri), &text).map_err(|e| {
-        ConfigError::one(
-            origin(),
-            None,
-            format!("not valid TOML: {}", e.to_string().trim_end()),
-        )
-    })?;
+    let map = config::Format::parse(&config::FileFormat::Toml, Some(&uri), &text)
+        .map_err(|e| ConfigError::one(origin(), None, format!("not valid TOML: {}", e.to_string().trim_end())))?;
     Ok(TomlSource(map))
 }
 
@@ -913,13 +846,7 @@ fn read_toml(path: &Path) -> Result<TomlSource, ConfigError> {
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before
-        .rsplit('\n')
-        .next()
-        .unwrap_or_default()
-        .chars()
-        .count()
-        + 1;
+    let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
     (line, column)
 }
 
@@ -934,9 +861,7 @@ struct EnvVar {
 
 /// The `AMFP__*` variables by the dotted key they set, the same mapping `config::Environment`
 /// applies; plus problems with variables that cannot be used.
-fn collect_env(
-    vars: impl IntoIterator<Item = (OsString, OsString)>,
-) -> (BTreeMap<String, EnvVar>, Vec<Problem>) {
+fn collect_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> (BTreeMap<String, EnvVar>, Vec<Problem>) {
     let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}").to_ascii_lowercase();
     let mut env = BTreeMap::<String, EnvVar>::new();
     let mut problems = Vec::new();
@@ -951,11 +876,7 @@ fn collect_env(
         let key = rest.replace(ENV_SEPARATOR, ".");
         let origin = Origin::Env(name.clone());
         let Ok(raw) = value.into_string() else {
-            problems.push(Problem {
-                origin,
-                key: Some(key),
-                message: "value is not valid UTF-8".into(),
-            });
+            problems.push(Problem { origin, key: Some(key), message: "value is not valid UTF-8".into() });
             continue;
         };
         if raw.is_empty() {
@@ -1025,11 +946,7 @@ impl Ctx {
 fn deserialize_all(mut root: Value, ctx: &Ctx) -> (Settings, Vec<Problem>) {
     let mut problems = Vec::new();
     while problems.len() < MAX_PROBLEMS {
-        let node = Node {
-            value: root.clone(),
-            path: String::new(),
-            ctx,
-        };
+        let node = Node { value: root.clone(), path: String::new(), ctx };
         let err = match serde_path_to_error::deserialize::<_, Settings>(node) {
             Ok(settings) => return (settings, problems),
             Err(e) => e,
@@ -1046,11 +963,7 @@ fn deserialize_all(mut root: Value, ctx: &Ctx) -> (Settings, Vec<Problem>) {
         let inner = err.into_inner();
         let key = segments.join(".");
         let message = inner.describe(&key, segments.len());
-        problems.push(Problem {
-            origin: ctx.origin_of(&root, &key),
-            key: (!key.is_empty()).then_some(key),
-            message,
-        });
+        problems.push(Problem { origin: ctx.origin_of(&root, &key), key: (!key.is_empty()).then_some(key), message });
         if segments.is_empty() || !remove(&mut root, &segments) {
             break;
         }
@@ -1114,17 +1027,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[derive(Debug)]
 enum DeError {
     /// A key or enum value that is not one of `expected`.
-    Unknown {
-        name: String,
-        expected: &'static [&'static str],
-        variant: bool,
-    },
+    Unknown { name: String, expected: &'static [&'static str], variant: bool },
     /// A value of the wrong type (`wrong_type`), or of the right type but out of its range.
-    Type {
-        unexpected: String,
-        expected: String,
-        wrong_type: bool,
-    },
+    Type { unexpected: String, expected: String, wrong_type: bool },
     /// Anything else serde reports.
     Other(String),
 }
@@ -1133,11 +1038,7 @@ impl DeError {
     /// The message shown to the user for the error at dotted `key`, `depth` segments deep.
     fn describe(&self, key: &str, depth: usize) -> String {
         match self {
-            DeError::Unknown {
-                name,
-                expected,
-                variant,
-            } => {
+            DeError::Unknown { name, expected, variant } => {
                 let what = match (variant, depth) {
                     (true, _) => "unknown value",
                     (false, 1) => "unknown section",
@@ -1152,14 +1053,8 @@ impl DeError {
                     format!("{what}; expected one of: {}{hint}", expected.join(", "))
                 }
             }
-            DeError::Type {
-                unexpected,
-                expected,
-                wrong_type,
-            } => {
-                let expected = allowed(key)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| humanize(expected));
+            DeError::Type { unexpected, expected, wrong_type } => {
+                let expected = allowed(key).map(str::to_string).unwrap_or_else(|| humanize(expected));
                 if *wrong_type {
                     format!("wrong type: found {unexpected}; expected {expected}")
                 } else {
@@ -1197,35 +1092,19 @@ impl de::Error for DeError {
     }
 
     fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
-        DeError::Type {
-            unexpected: unexp.to_string(),
-            expected: exp.to_string(),
-            wrong_type: true,
-        }
+        DeError::Type { unexpected: unexp.to_string(), expected: exp.to_string(), wrong_type: true }
     }
 
     fn invalid_value(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
-        DeError::Type {
-            unexpected: unexp.to_string(),
-            expected: exp.to_string(),
-            wrong_type: false,
-        }
+        DeError::Type { unexpected: unexp.to_string(), expected: exp.to_string(), wrong_type: false }
     }
 
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
-        DeError::Unknown {
-            name: field.to_string(),
-            expected,
-            variant: false,
-        }
+        DeError::Unknown { name: field.to_string(), expected, variant: false }
     }
 
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
-        DeError::Unknown {
-            name: variant.to_string(),
-            expected,
-            variant: true,
-        }
+        DeError::Unknown { name: variant.to_string(), expected, variant: true }
     }
 }
 
@@ -1268,20 +1147,11 @@ impl<'de> de::Deserializer<'de> for Node<'_> {
             ValueKind::U128(u) => visitor.visit_u128(u),
             ValueKind::Float(f) => visitor.visit_f64(f),
             ValueKind::String(s) => visitor.visit_string(s),
-            ValueKind::Array(items) => visitor.visit_seq(SeqNode {
-                items: items.into_iter().enumerate(),
-                path,
-                ctx,
-            }),
+            ValueKind::Array(items) => visitor.visit_seq(SeqNode { items: items.into_iter().enumerate(), path, ctx }),
             ValueKind::Table(table) => {
                 let mut entries: Vec<(String, Value)> = table.into_iter().collect();
                 entries.sort_by(|a, b| a.0.cmp(&b.0));
-                visitor.visit_map(TableNode {
-                    entries: entries.into_iter(),
-                    pending: None,
-                    path,
-                    ctx,
-                })
+                visitor.visit_map(TableNode { entries: entries.into_iter(), pending: None, path, ctx })
             }
         }
     }
@@ -1304,11 +1174,7 @@ impl<'de> de::Deserializer<'de> for Node<'_> {
         }
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
         visitor.visit_newtype_struct(self)
     }
 
@@ -1343,10 +1209,7 @@ struct TableNode<'a> {
 impl<'de> de::MapAccess<'de> for TableNode<'_> {
     type Error = DeError;
 
-    fn next_key_seed<K: de::DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: de::DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
         let Some((key, value)) = self.entries.next() else {
             return Ok(None);
         };
@@ -1354,24 +1217,10 @@ impl<'de> de::MapAccess<'de> for TableNode<'_> {
         seed.deserialize(key.into_deserializer()).map(Some)
     }
 
-    fn next_value_seed<V: de::DeserializeSeed<'de>>(
-        &mut self,
-        seed: V,
-    ) -> Result<V::Value, DeError> {
-        let (key, value) = self
-            .pending
-            .take()
-            .ok_or_else(|| DeError::Other("value without key".into()))?;
-        let path = if self.path.is_empty() {
-            key
-        } else {
-            format!("{}.{key}", self.path)
-        };
-        seed.deserialize(Node {
-            value,
-            path,
-            ctx: self.ctx,
-        })
+    fn next_value_seed<V: de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
+        let (key, value) = self.pending.take().ok_or_else(|| DeError::Other("value without key".into()))?;
+        let path = if self.path.is_empty() { key } else { format!("{}.{key}", self.path) };
+        seed.deserialize(Node { value, path, ctx: self.ctx })
     }
 }
 
@@ -1385,20 +1234,12 @@ struct SeqNode<'a> {
 impl<'de> de::SeqAccess<'de> for SeqNode<'_> {
     type Error = DeError;
 
-    fn next_element_seed<T: de::DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: de::DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
         let Some((i, value)) = self.items.next() else {
             return Ok(None);
         };
         let path = format!("{}[{i}]", self.path);
-        seed.deserialize(Node {
-            value,
-            path,
-            ctx: self.ctx,
-        })
-        .map(Some)
+        seed.deserialize(Node { value, path, ctx: self.ctx }).map(Some)
     }
 }
 
@@ -1440,10 +1281,7 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
-            .collect()
+        pairs.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()
     }
 
     fn write(text: &str) -> tempfile::NamedTempFile {
@@ -1467,12 +1305,7 @@ mod tests {
 
     #[test]
     fn defaults_when_no_file_and_no_env() {
-        let l = load_from(
-            None,
-            nowhere(),
-            vars(&[("PATH", "/bin"), ("AMFP_CONFIG_X", "1")]),
-        )
-        .unwrap();
+        let l = load_from(None, nowhere(), vars(&[("PATH", "/bin"), ("AMFP_CONFIG_X", "1")])).unwrap();
         assert_eq!(l.settings, Settings::default());
         assert_eq!(l.file, None);
         assert!(l.env.is_empty());
@@ -1482,30 +1315,20 @@ mod tests {
     fn file_then_env() {
         let l = load_text(
             "[log]\nlevel = \"debug\"\n[synth]\nseed = 3\nscanner_pixel_um = 5\n",
-            &[
-                ("AMFP__SYNTH__SEED", "9"),
-                ("AMFP__SYNTH__MICROSCOPE_PIXEL_UM", "2.5"),
-            ],
+            &[("AMFP__SYNTH__SEED", "9"), ("AMFP__SYNTH__MICROSCOPE_PIXEL_UM", "2.5")],
         )
         .unwrap();
         assert_eq!(l.settings.log.level, "debug");
         assert_eq!(l.settings.synth.seed, 9);
         assert_eq!(l.settings.synth.scanner_pixel_um, 5.0);
         assert_eq!(l.settings.synth.microscope_pixel_um, 2.5);
-        assert_eq!(
-            l.env,
-            vec!["AMFP__SYNTH__MICROSCOPE_PIXEL_UM", "AMFP__SYNTH__SEED"]
-        );
+        assert_eq!(l.env, vec!["AMFP__SYNTH__MICROSCOPE_PIXEL_UM", "AMFP__SYNTH__SEED"]);
     }
 
     #[test]
     fn env_strings_are_verbatim() {
-        let l = load_from(
-            None,
-            nowhere(),
-            vars(&[("AMFP__SYNTH__FLEET", "0042"), ("AMFP__LOG__LEVEL", "WARN")]),
-        )
-        .unwrap();
+        let l =
+            load_from(None, nowhere(), vars(&[("AMFP__SYNTH__FLEET", "0042"), ("AMFP__LOG__LEVEL", "WARN")])).unwrap();
         assert_eq!(l.settings.synth.fleet, Some(PathBuf::from("0042")));
         assert_eq!(l.settings.log.level, "WARN");
     }
@@ -1523,14 +1346,8 @@ mod tests {
         let e = load_text("[synth]\nseed = \"42\"\nthreads = 2.5\n", &[]).unwrap_err();
         let m = messages(&e);
         assert_eq!(m.len(), 2, "{m:?}");
-        assert!(
-            m[0].contains("synth.seed: wrong type: found string \"42\"; expected a whole number"),
-            "{m:?}"
-        );
-        assert!(
-            m[1].contains("synth.threads: wrong type: found floating point `2.5`"),
-            "{m:?}"
-        );
+        assert!(m[0].contains("synth.seed: wrong type: found string \"42\"; expected a whole number"), "{m:?}");
+        assert!(m[1].contains("synth.threads: wrong type: found floating point `2.5`"), "{m:?}");
     }
 
     #[test]
@@ -1540,11 +1357,7 @@ mod tests {
             &[("AMFP__SYNTH__THREADS", "many")],
         )
         .unwrap_err();
-        let keys: Vec<_> = e
-            .problems()
-            .iter()
-            .map(|p| p.key.clone().unwrap())
-            .collect();
+        let keys: Vec<_> = e.problems().iter().map(|p| p.key.clone().unwrap()).collect();
         assert_eq!(
             keys,
             [
@@ -1592,39 +1405,23 @@ mod tests {
         assert_eq!(p.origin, Origin::Env("AMFP__SYNTH__SEEDS".into()));
         assert_eq!(p.key.as_deref(), Some("synth.seeds"));
         let e = load_from(None, nowhere(), vars(&[("AMFP__BROKER__HOST", "x")])).unwrap_err();
-        assert_eq!(
-            e.problems()[0].origin,
-            Origin::Env("AMFP__BROKER__HOST".into())
-        );
+        assert_eq!(e.problems()[0].origin, Origin::Env("AMFP__BROKER__HOST".into()));
         assert_eq!(e.problems()[0].key.as_deref(), Some("broker"));
     }
 
     #[test]
     fn duplicate_env_spellings() {
-        let e = load_from(
-            None,
-            nowhere(),
-            vars(&[("AMFP__SYNTH__SEED", "1"), ("amfp__synth__seed", "2")]),
-        )
-        .unwrap_err();
+        let e =
+            load_from(None, nowhere(), vars(&[("AMFP__SYNTH__SEED", "1"), ("amfp__synth__seed", "2")])).unwrap_err();
         assert!(e.to_string().contains("also set by"), "{e}");
     }
 
     #[test]
     fn missing_and_broken_files() {
-        let e =
-            load_from(Some(Path::new("/nonexistent/x.toml")), nowhere(), vars(&[])).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("/nonexistent/x.toml: cannot read configuration file"),
-            "{e}"
-        );
+        let e = load_from(Some(Path::new("/nonexistent/x.toml")), nowhere(), vars(&[])).unwrap_err();
+        assert!(e.to_string().starts_with("/nonexistent/x.toml: cannot read configuration file"), "{e}");
         let e = load_text("[synth]\nseed = \n", &[]).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains(": not valid TOML at line 2, column 8: "),
-            "{e}"
-        );
+        assert!(e.to_string().contains(": not valid TOML at line 2, column 8: "), "{e}");
         assert_eq!(e.to_string().lines().count(), 1, "{e}");
     }
 
@@ -1638,24 +1435,13 @@ mod tests {
 
     #[test]
     fn log_filters() {
-        for ok in [
-            "info",
-            "DEBUG",
-            "off",
-            "warn,amfp::synth=trace",
-            "amfp=debug",
-            "info,",
-        ] {
+        for ok in ["info", "DEBUG", "off", "warn,amfp::synth=trace", "amfp=debug", "info,"] {
             assert_eq!(check_log_filter(ok), Ok(()), "{ok}");
         }
         for bad in ["", "loud", "amfp=loud", "warning"] {
             assert!(check_log_filter(bad).is_err(), "{bad}");
         }
-        assert!(
-            check_log_filter("warning")
-                .unwrap_err()
-                .contains("did you mean `warn`?")
-        );
+        assert!(check_log_filter("warning").unwrap_err().contains("did you mean `warn`?"));
     }
 
     #[test]
@@ -1681,28 +1467,43 @@ mod tests {
         let docs = include_str!("../docs/configuration.md");
         let packaged = include_str!("../systemd/amfp.toml");
         for (key, _) in all_allowed() {
-            assert!(
-                docs.contains(&format!("`{key}`")),
-                "docs/configuration.md lacks `{key}`"
-            );
+            assert!(docs.contains(&format!("`{key}`")), "docs/configuration.md lacks `{key}`");
             let (_, name) = key.split_once('.').unwrap();
-            assert!(
-                packaged.contains(&format!("# {name} = ")),
-                "systemd/amfp.toml lacks {key}"
-            );
+            assert!(packaged.contains(&format!("# {name} = ")), "systemd/amfp.toml lacks {key}");
         }
-        assert_eq!(
-            toml::from_str::<Settings>(packaged).unwrap(),
-            Settings::default()
-        );
+        assert_eq!(toml::from_str::<Settings>(packaged).unwrap(), Settings::default());
         let uncommented: String = packaged
             .lines()
             .filter_map(|l| l.strip_prefix("# "))
-            .filter(|l| {
-                l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))
-            })
+            .filter(|l| l.starts_with('[') || l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
             // Keys whose default is "not set" are shown with an example value.
-            .filter(|l| !["fleet", "id", "path", "pixel_um", "width", "height", "fps", "exposure_us", "gain", "focus", "white_balance_k", "controls", "rois", "client_id", "username", "password_file", "ca_file", "client_cert_file", "client_key_file", "dir", "expect"].iter().any(|k| l.starts_with(&format!("{k} = "))))
+            .filter(|l| {
+                ![
+                    "fleet",
+                    "id",
+                    "path",
+                    "pixel_um",
+                    "width",
+                    "height",
+                    "fps",
+                    "exposure_us",
+                    "gain",
+                    "focus",
+                    "white_balance_k",
+                    "controls",
+                    "rois",
+                    "client_id",
+                    "username",
+                    "password_file",
+                    "ca_file",
+                    "client_cert_file",
+                    "client_key_file",
+                    "dir",
+                    "expect",
+                ]
+                .iter()
+                .any(|k| l.starts_with(&format!("{k} = ")))
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         let parsed: Settings = toml::from_str(&uncommented).unwrap();
@@ -1747,9 +1548,6 @@ mod tests {
     #[test]
     fn masked_toml_round_trips() {
         let text = Settings::default().to_masked_toml().unwrap();
-        assert_eq!(
-            toml::from_str::<Settings>(&text).unwrap(),
-            Settings::default()
-        );
+        assert_eq!(toml::from_str::<Settings>(&text).unwrap(), Settings::default());
     }
 }

@@ -116,7 +116,9 @@ pub fn judge(camera: &CameraView, geom: &ModelGeometry, processes: &[String], mi
         add(
             "view_too_small",
             Status::Outside,
-            format!("the view of {w:.2} x {h:.2} mm is smaller than the model's sample of {s:.2} mm: zoom out or move the camera farther away"),
+            format!(
+                "the view of {w:.2} x {h:.2} mm is smaller than the model's sample of {s:.2} mm: zoom out or move the camera farther away"
+            ),
         );
     } else if rois_in_view < min_surface_rois {
         add(
@@ -212,7 +214,8 @@ mod tests {
         let small_rois = ModelGeometry { pixel_um: 3.0, roi_px: 224 }; // 0.67 mm
         let v = judge(&CameraView { pixel_um: 2.0, fov_mm: [4.0, 3.0] }, &small_rois, &["DLS".into()], 2.0);
         assert_eq!(v.status, Status::Inside, "{v:?}");
-        let v = judge(&CameraView { pixel_um: 2.0, fov_mm: [4.0, 3.0] }, &small_rois, &["DLS".into(), "FDM".into()], 2.0);
+        let v =
+            judge(&CameraView { pixel_um: 2.0, fov_mm: [4.0, 3.0] }, &small_rois, &["DLS".into(), "FDM".into()], 2.0);
         assert_eq!(v.status, Status::Outside);
         assert!(v.findings.iter().any(|f| f.code == "sample_too_small" && f.message.contains("FDM")), "{v:?}");
     }

@@ -59,11 +59,13 @@ fn draw_err<E: std::fmt::Debug>(e: E) -> PlotError {
 /// Draws `verdict` for `model_name` into a PNG at `path`.
 pub fn write_png(verdict: &Verdict, model_name: &str, path: &Path) -> Result<(), PlotError> {
     let rgb = render(verdict, model_name)?;
-    let file = std::fs::File::create(path).map_err(|source| PlotError::Write { path: path.display().to_string(), source })?;
+    let file =
+        std::fs::File::create(path).map_err(|source| PlotError::Write { path: path.display().to_string(), source })?;
     let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), SIZE.0, SIZE.1);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    let io = |e: png::EncodingError| PlotError::Write { path: path.display().to_string(), source: std::io::Error::other(e) };
+    let io =
+        |e: png::EncodingError| PlotError::Write { path: path.display().to_string(), source: std::io::Error::other(e) };
     let mut writer = encoder.write_header().map_err(io)?;
     writer.write_image_data(&rgb).map_err(io)?;
     writer.finish().map_err(io)
@@ -105,13 +107,14 @@ pub fn render(verdict: &Verdict, model_name: &str) -> Result<Vec<u8>, PlotError>
         // The model's working region: samples of at least its ROI, pixels at most its own.
         let green = RGBColor(46, 160, 67);
         chart
-            .draw_series(std::iter::once(Rectangle::new([(s, PIXEL_UM.start), (SAMPLE_MM.end, p)], green.mix(0.18).filled())))
+            .draw_series(std::iter::once(Rectangle::new(
+                [(s, PIXEL_UM.start), (SAMPLE_MM.end, p)],
+                green.mix(0.18).filled(),
+            )))
             .map_err(draw_err)?
             .label(format!("the model works here (pixels <= {p:.1} µm, view >= {s:.2} mm)"))
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], green.mix(0.4).filled()));
-        chart
-            .draw_series(std::iter::once(Circle::new((s, p), 7, green.filled())))
-            .map_err(draw_err)?;
+        chart.draw_series(std::iter::once(Circle::new((s, p), 7, green.filled()))).map_err(draw_err)?;
 
         // Each process's minimum sample (and FDM's coarsest pixel).
         let grey = RGBColor(110, 110, 110);
@@ -123,7 +126,12 @@ pub fn render(verdict: &Verdict, model_name: &str) -> Result<Vec<u8>, PlotError>
                 .map_err(draw_err)?;
             if needs.max_pixel_um.is_finite() {
                 chart
-                    .draw_series(DashedLineSeries::new(vec![(x, top), (SAMPLE_MM.end, top)], 6, 4, grey.stroke_width(1)))
+                    .draw_series(DashedLineSeries::new(
+                        vec![(x, top), (SAMPLE_MM.end, top)],
+                        6,
+                        4,
+                        grey.stroke_width(1),
+                    ))
                     .map_err(draw_err)?;
             }
             chart
@@ -167,7 +175,10 @@ pub fn render(verdict: &Verdict, model_name: &str) -> Result<Vec<u8>, PlotError>
         chart
             .draw_series(std::iter::once(Cross::new(here, 10, marker)))
             .map_err(draw_err)?
-            .label(format!("this camera: {:.2} µm, view {:.1} x {:.1} mm", verdict.camera.pixel_um, verdict.camera.fov_mm[0], verdict.camera.fov_mm[1]))
+            .label(format!(
+                "this camera: {:.2} µm, view {:.1} x {:.1} mm",
+                verdict.camera.pixel_um, verdict.camera.fov_mm[0], verdict.camera.fov_mm[1]
+            ))
             .legend(move |(x, y)| Cross::new((x + 9, y), 6, red.stroke_width(3)));
 
         chart

@@ -18,8 +18,8 @@ use crate::model::{InferenceError, LoadOptions, Model, ModelError};
 use crate::optics::{self, ModelGeometry};
 use crate::reject::{PixelSizeSource, Rejection};
 use crate::result::{
-    AttributeResult, Attribution, Candidate, ClaimCheck, ClaimStatus, EnvelopeReport, GalleryReport, Judgement, ModelRef,
-    OpenSetMode, RoiUse, SourceInfo, Timing, Verdict, ViewReport,
+    AttributeResult, Attribution, Candidate, ClaimCheck, ClaimStatus, EnvelopeReport, GalleryReport, Judgement,
+    ModelRef, OpenSetMode, RoiUse, SourceInfo, Timing, Verdict, ViewReport,
 };
 use crate::roi::{MaskMode, PartSurface};
 use crate::vote::{Ballot, StopRule, Tally, VoteRule};
@@ -89,7 +89,10 @@ pub fn load_models(
                 &g.sha256[..12]
             ),
             None if matches!(gallery, GalleryChoice::Off) && i == 0 => {
-                log::info!("model {}: no gallery (model.gallery = \"off\"): verdicts by the vote alone", model.meta.name)
+                log::info!(
+                    "model {}: no gallery (model.gallery = \"off\"): verdicts by the vote alone",
+                    model.meta.name
+                )
             }
             None => log::warn!(
                 "model {} has no fingerprint gallery ({} {}): verdicts by the vote alone, which names a known machine \
@@ -254,7 +257,6 @@ impl Identifier {
         Self { models, galleries, options }
     }
 
-
     /// The loaded models, primary first.
     pub fn models(&self) -> &[Model] {
         &self.models
@@ -316,7 +318,10 @@ impl Identifier {
         let attribution = Attribution {
             id: ulid::Ulid::generate().to_string(),
             device: self.options.device.clone(),
-            time: jiff::Timestamp::now().round(jiff::Unit::Millisecond).unwrap_or_else(|_| jiff::Timestamp::now()).to_string(),
+            time: jiff::Timestamp::now()
+                .round(jiff::Unit::Millisecond)
+                .unwrap_or_else(|_| jiff::Timestamp::now())
+                .to_string(),
             source: source.clone(),
             model: head.model,
             judgement: head.judgement,
@@ -349,10 +354,17 @@ impl Identifier {
         let meta = &model.meta;
         let geometry = ModelGeometry { pixel_um: meta.pixel_size_um, roi_px: meta.roi_px };
         let frame = inspection.frame;
-        let (image, envelope) = optics::fit_to_model(frame, inspection.pixel, &geometry)
-            .map_err(|rejection| Box::new(Refusal { rejection, envelope: Some(refused_envelope(inspection, frame, &geometry)) }))?;
+        let (image, envelope) = optics::fit_to_model(frame, inspection.pixel, &geometry).map_err(|rejection| {
+            Box::new(Refusal { rejection, envelope: Some(refused_envelope(inspection, frame, &geometry)) })
+        })?;
         let mut report = envelope_report(&envelope);
-        match PartSurface::new(image, meta.roi_px, meta.min_foreground, self.options.mask, self.options.min_surface_rois) {
+        match PartSurface::new(
+            image,
+            meta.roi_px,
+            meta.min_foreground,
+            self.options.mask,
+            self.options.min_surface_rois,
+        ) {
             Ok(surface) => Ok((surface, report)),
             Err(rejection) => {
                 report.ok = false;
@@ -612,7 +624,12 @@ fn process_of(model: &Model, gallery: Option<&Gallery>, label: &str) -> Option<S
 
 /// Whether the evidence is consistent with a claimed label (docs/identify.md, "Claims"). With a
 /// gallery the claimed machine's fingerprint is the reference: its distance is reported.
-fn claim_check(model: &Model, gallery: Option<&Gallery>, claim: &str, outcome: &Result<Reading, Rejection>) -> ClaimCheck {
+fn claim_check(
+    model: &Model,
+    gallery: Option<&Gallery>,
+    claim: &str,
+    outcome: &Result<Reading, Rejection>,
+) -> ClaimCheck {
     let labels = &model.meta.labels;
     let index = labels.iter().position(|l| l == claim);
     let machine = gallery.and_then(|g| g.machines.iter().position(|m| m.label == claim));
@@ -655,7 +672,8 @@ fn claim_check(model: &Model, gallery: Option<&Gallery>, claim: &str, outcome: &
 /// it always drew).
 fn interleave_rois(surfaces: &[(usize, PartSurface)], max_rois: usize, seed: u64) -> Vec<(usize, (u32, u32))> {
     let per_frame = max_rois.div_ceil(surfaces.len().max(1));
-    let drawn: Vec<Vec<(u32, u32)>> = surfaces.iter().map(|(view, s)| s.sample(per_frame, view_seed(seed, *view))).collect();
+    let drawn: Vec<Vec<(u32, u32)>> =
+        surfaces.iter().map(|(view, s)| s.sample(per_frame, view_seed(seed, *view))).collect();
     (0..per_frame)
         .flat_map(|k| drawn.iter().enumerate().map(move |(s, corners)| (s, corners[k])))
         .take(max_rois)

@@ -17,24 +17,15 @@ struct Switch(RwLock<env_logger::Logger>);
 
 impl Log for Switch {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .enabled(metadata)
+        self.0.read().unwrap_or_else(PoisonError::into_inner).enabled(metadata)
     }
 
     fn log(&self, record: &Record<'_>) {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .log(record);
+        self.0.read().unwrap_or_else(PoisonError::into_inner).log(record);
     }
 
     fn flush(&self) {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .flush();
+        self.0.read().unwrap_or_else(PoisonError::into_inner).flush();
     }
 }
 
@@ -53,10 +44,7 @@ const MAX_EARLY: usize = 64;
 pub fn init(settings: &LogSettings) {
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = effective_filter(rust_log.as_deref(), settings);
-    let journal = use_journal(
-        std::env::var_os("JOURNAL_STREAM").is_some(),
-        std::io::stderr().is_terminal(),
-    );
+    let journal = use_journal(std::env::var_os("JOURNAL_STREAM").is_some(), std::io::stderr().is_terminal());
     let logger = build(filter, journal);
     let max = logger.filter();
 
@@ -95,11 +83,7 @@ pub fn early_debug(target: &'static str, message: String) {
 
 /// The filter in force: a non-empty `RUST_LOG`, else the configured level, else `info`.
 fn effective_filter<'a>(rust_log: Option<&'a str>, settings: &'a LogSettings) -> &'a str {
-    [rust_log, Some(settings.level.as_str())]
-        .into_iter()
-        .flatten()
-        .find(|f| !f.trim().is_empty())
-        .unwrap_or("info")
+    [rust_log, Some(settings.level.as_str())].into_iter().flatten().find(|f| !f.trim().is_empty()).unwrap_or("info")
 }
 
 /// Whether to write journald-style lines: under systemd, or whenever stderr is not a terminal.
@@ -129,13 +113,10 @@ fn build(filter: &str, journal: bool) -> env_logger::Logger {
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(filter);
     if journal {
-        builder
-            .write_style(env_logger::WriteStyle::Never)
-            .format(|buf, record| {
-                let line =
-                    journal_line(record.level(), record.target(), &record.args().to_string());
-                writeln!(buf, "{line}")
-            });
+        builder.write_style(env_logger::WriteStyle::Never).format(|buf, record| {
+            let line = journal_line(record.level(), record.target(), &record.args().to_string());
+            writeln!(buf, "{line}")
+        });
     } else {
         builder.format_timestamp_millis().format_target(true);
     }
@@ -148,21 +129,11 @@ mod tests {
 
     #[test]
     fn rust_log_wins_then_settings_then_info() {
-        let s = LogSettings {
-            level: "debug".into(),
-        };
+        let s = LogSettings { level: "debug".into() };
         assert_eq!(effective_filter(Some("trace"), &s), "trace");
         assert_eq!(effective_filter(Some(" "), &s), "debug");
         assert_eq!(effective_filter(None, &s), "debug");
-        assert_eq!(
-            effective_filter(
-                None,
-                &LogSettings {
-                    level: String::new()
-                }
-            ),
-            "info"
-        );
+        assert_eq!(effective_filter(None, &LogSettings { level: String::new() }), "info");
         assert_eq!(effective_filter(None, &LogSettings::default()), "info");
     }
 
@@ -177,24 +148,16 @@ mod tests {
     fn journal_lines_carry_sd_daemon_priorities() {
         assert_eq!(journal_line(Level::Error, "amfp", "boom"), "<3>amfp: boom");
         assert_eq!(journal_line(Level::Warn, "amfp", "hm"), "<4>amfp: hm");
-        assert_eq!(
-            journal_line(Level::Info, "amfp::synth", "ok"),
-            "<6>amfp::synth: ok"
-        );
+        assert_eq!(journal_line(Level::Info, "amfp::synth", "ok"), "<6>amfp::synth: ok");
         assert_eq!(journal_line(Level::Debug, "a", "d"), "<7>a: d");
         assert_eq!(journal_line(Level::Trace, "a", "t"), "<7>a: t");
-        assert_eq!(
-            journal_line(Level::Info, "a", "two\nlines\n"),
-            "<6>a: two\\nlines"
-        );
+        assert_eq!(journal_line(Level::Info, "a", "two\nlines\n"), "<6>a: two\\nlines");
     }
 
     #[test]
     fn init_twice_is_safe() {
         init(&LogSettings::default());
-        init(&LogSettings {
-            level: "warn".into(),
-        });
+        init(&LogSettings { level: "warn".into() });
         log::info!("not shown, and no panic");
     }
 }

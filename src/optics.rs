@@ -220,7 +220,12 @@ pub fn fit_to_model(
     let model_um = geom.pixel_um;
     let scale = camera_um / model_um;
     if scale > 1.0 + SAME_PIXEL_TOLERANCE {
-        return Err(Rejection::PixelTooCoarse { camera_um, model_um, pixel_source: source, min_dpi: 25_400.0 / model_um });
+        return Err(Rejection::PixelTooCoarse {
+            camera_um,
+            model_um,
+            pixel_source: source,
+            min_dpi: 25_400.0 / model_um,
+        });
     }
     let view_mm = [f64::from(frame.width) * camera_um / 1000.0, f64::from(frame.height) * camera_um / 1000.0];
     let resampled = (scale - 1.0).abs() > SAME_PIXEL_TOLERANCE;
@@ -319,7 +324,8 @@ fn resample(pixels: &[f32], width: u32, height: u32, factor: f64) -> (Vec<f32>, 
     if w == 0 || h == 0 {
         return (Vec::new(), 0, 0);
     }
-    let out = if whole { block_means(pixels, width, k as usize, w, h) } else { box_resize(pixels, width, height, w, h) };
+    let out =
+        if whole { block_means(pixels, width, k as usize, w, h) } else { box_resize(pixels, width, height, w, h) };
     (out, w, h)
 }
 
@@ -350,9 +356,7 @@ fn box_resize(pixels: &[f32], width: u32, height: u32, w: u32, h: u32) -> Vec<f3
     let src = TypedImageRef::new(width, height, &src).expect("a frame holds width x height pixels");
     let mut dst = TypedImage::<F32>::new(w, h);
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Box));
-    Resizer::new()
-        .resize_typed(&src, &mut dst, &options)
-        .expect("same pixel type, no cropping: resizing cannot fail");
+    Resizer::new().resize_typed(&src, &mut dst, &options).expect("same pixel type, no cropping: resizing cannot fail");
     dst.pixels().iter().map(|p| p.0).collect()
 }
 
@@ -382,7 +386,11 @@ mod tests {
                 hist[(v.clamp(0.0, 1.0) * top) as usize] += 1;
             }
             let l = Levels::of(&px);
-            assert_eq!((l.min.to_bits(), l.max.to_bits(), l.saturated, l.count), (min.to_bits(), max.to_bits(), saturated, n), "n = {n}");
+            assert_eq!(
+                (l.min.to_bits(), l.max.to_bits(), l.saturated, l.count),
+                (min.to_bits(), max.to_bits(), saturated, n),
+                "n = {n}"
+            );
             assert_eq!(l.hist, hist, "n = {n}");
         }
     }
@@ -430,7 +438,11 @@ mod tests {
                 }
             }
             let got = block_means(&pixels, width, k, w as u32, h as u32);
-            assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "k = {k}");
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "k = {k}"
+            );
         }
     }
 

@@ -66,7 +66,14 @@ pub enum Rejection {
         "the model's sample of {sample_mm:.2} mm ({roi_px} px at {model_um:.2} µm) is too small or too coarse for {process} parts, which need at least {min_sample_mm:.1} mm{}: its verdict on them is not reliable; use a model trained on samples of at least {min_sample_mm:.1} mm (more pixels per ROI, or coarser pixels)",
         if max_pixel_um.is_finite() { format!(" with pixels under {max_pixel_um:.0} µm") } else { String::new() }
     )]
-    SampleTooSmall { process: String, sample_mm: f64, min_sample_mm: f64, model_um: f64, max_pixel_um: f64, roi_px: u32 },
+    SampleTooSmall {
+        process: String,
+        sample_mm: f64,
+        min_sample_mm: f64,
+        model_um: f64,
+        max_pixel_um: f64,
+        roi_px: u32,
+    },
     /// Every pixel has (nearly) the same value: lens cap, light off, or a blank file.
     #[error("blank image: every pixel is about {level:.3} of full scale; check the lens cap, the light and the camera")]
     Blank { level: f64 },

@@ -588,8 +588,10 @@ mod tests {
             assert_eq!(otsu_counts(&px, lo, hi, &edges), want, "range [{lo}, {hi}], {} pixels", px.len());
         };
         let mut rng = ChaCha8Rng::seed_from_u64(9);
-        for (lo, hi) in [(0.0f32, 1.0f32), (0.13, 0.91), (-3.0, 250.0), (1000.0, 1000.01), (0.5, 0.500_01), (0.0, 1e-6)] {
-            let mut px: Vec<f32> = (0..20_003).map(|_| (lo + rng.random_range(0.0f32..1.0) * (hi - lo)).clamp(lo, hi)).collect();
+        for (lo, hi) in [(0.0f32, 1.0f32), (0.13, 0.91), (-3.0, 250.0), (1000.0, 1000.01), (0.5, 0.500_01), (0.0, 1e-6)]
+        {
+            let mut px: Vec<f32> =
+                (0..20_003).map(|_| (lo + rng.random_range(0.0f32..1.0) * (hi - lo)).clamp(lo, hi)).collect();
             px.extend([lo, hi, f32::NAN, lo, hi]);
             px[17] = f32::NAN;
             check(&px, lo, hi);
@@ -640,23 +642,31 @@ mod tests {
             let density = lcg(&mut seed) % 100;
             let mask: Vec<u8> = (0..w * h).map(|_| u8::from(lcg(&mut seed) % 100 < density)).collect();
             // Part pixels above the threshold 0.5, NaN for some background ones.
-            let pixels: Vec<f32> = mask.iter().enumerate().map(|(i, &m)| match (m, i % 7) {
-                (1, _) => 0.51 + (i % 5) as f32 / 10.0,
-                (_, 3) => f32::NAN,
-                _ => 0.5 - (i % 3) as f32 / 10.0,
-            }).collect();
+            let pixels: Vec<f32> = mask
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| match (m, i % 7) {
+                    (1, _) => 0.51 + (i % 5) as f32 / 10.0,
+                    (_, 3) => f32::NAN,
+                    _ => 0.5 - (i % 3) as f32 / 10.0,
+                })
+                .collect();
             let need = lcg(&mut seed) % (r * r + 1) as u64;
             let (valid, foreground) = valid_corner_map(&pixels, w, 0.5, r, need);
             assert_eq!(foreground, mask.iter().filter(|&&m| m == 1).count(), "case {case}");
             let (cw, ch) = (w - r + 1, h - r + 1);
             for (y, x) in (0..ch).flat_map(|y| (0..cw).map(move |x| (y, x))) {
-                let sum: u64 = (y..y + r).flat_map(|yy| (x..x + r).map(move |xx| (yy, xx))).map(|(yy, xx)| u64::from(mask[yy * w + xx])).sum();
+                let sum: u64 = (y..y + r)
+                    .flat_map(|yy| (x..x + r).map(move |xx| (yy, xx)))
+                    .map(|(yy, xx)| u64::from(mask[yy * w + xx]))
+                    .sum();
                 assert_eq!(valid[y * cw + x], sum >= need, "case {case}: corner ({x}, {y})");
             }
             let brute = (0..h)
                 .flat_map(|y| (0..w).map(move |x| (x, y)))
                 .filter(|&(x, y)| {
-                    (y.saturating_sub(r - 1)..=y.min(ch - 1)).any(|cy| (x.saturating_sub(r - 1)..=x.min(cw - 1)).any(|cx| valid[cy * cw + cx]))
+                    (y.saturating_sub(r - 1)..=y.min(ch - 1))
+                        .any(|cy| (x.saturating_sub(r - 1)..=x.min(cw - 1)).any(|cx| valid[cy * cw + cx]))
                 })
                 .count();
             assert_eq!(covered_pixels(&valid, cw, ch, w, h, r), brute, "case {case}: {w}x{h}, r {r}");

@@ -62,7 +62,10 @@ impl Target {
             img = blur(&img, w as usize, h as usize, self.blur_px);
         }
         let mut rng = Rng(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let pixels = img.iter().map(|&v| ((v + self.noise * rng.gauss()).clamp(0.0, 1.0) * 255.0).round() as f32 / 255.0).collect();
+        let pixels = img
+            .iter()
+            .map(|&v| ((v + self.noise * rng.gauss()).clamp(0.0, 1.0) * 255.0).round() as f32 / 255.0)
+            .collect();
         Frame { width: w, height: h, pixels, pixel_um: None, bit_depth: 8 }
     }
 }
@@ -144,13 +147,20 @@ fn recovers_simulated_gratings_within_one_percent() {
 fn cli_writes_the_pixel_size_into_the_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("micrometer.png");
-    let frame = Target { period_px: 12.34, angle_deg: 3.0, duty: 0.3, grid: false, blur_px: 1.0, noise: 0.03, seed: 7 }.render(640, 480);
+    let frame = Target { period_px: 12.34, angle_deg: 3.0, duty: 0.3, grid: false, blur_px: 1.0, noise: 0.03, seed: 7 }
+        .render(640, 480);
     let bytes: Vec<u8> = frame.pixels.iter().map(|&v| (v * 255.0).round() as u8).collect();
     image::GrayImage::from_raw(640, 480, bytes).unwrap().save(&img).unwrap();
     let config = dir.path().join("amfp.toml");
-    std::fs::write(&config, "# the dock's camera\n[identify]\nseed = 3\n\n[camera]\nmask = \"full\" # a microscope\n").unwrap();
+    std::fs::write(&config, "# the dock's camera\n[identify]\nseed = 3\n\n[camera]\nmask = \"full\" # a microscope\n")
+        .unwrap();
 
-    let out = common::amfp().args(["calibrate", "--pitch-um", "50", "--write-config"]).arg(&config).arg(&img).output().unwrap();
+    let out = common::amfp()
+        .args(["calibrate", "--pitch-um", "50", "--write-config"])
+        .arg(&config)
+        .arg(&img)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("lines of 50 µm pitch, period 12.3"), "{text}");
@@ -164,7 +174,12 @@ fn cli_writes_the_pixel_size_into_the_configuration() {
     common::amfp_clean_env().args(["config", "check", "--config"]).arg(&config).assert().success();
 
     // Written again: replaced, not duplicated; a new file is created.
-    common::amfp().args(["calibrate", "--pitch-um", "50", "--json", "--write-config"]).arg(&config).arg(&img).assert().success();
+    common::amfp()
+        .args(["calibrate", "--pitch-um", "50", "--json", "--write-config"])
+        .arg(&config)
+        .arg(&img)
+        .assert()
+        .success();
     assert_eq!(std::fs::read_to_string(&config).unwrap().matches("pixel_um").count(), 1);
     let fresh = dir.path().join("new.toml");
     common::amfp().args(["calibrate", "--pitch-um", "50", "--write-config"]).arg(&fresh).arg(&img).assert().success();

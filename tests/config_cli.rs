@@ -12,11 +12,7 @@ use tempfile::NamedTempFile;
 
 /// A config file with `text`, deleted when dropped.
 fn config_file(text: &str) -> NamedTempFile {
-    let mut f = tempfile::Builder::new()
-        .prefix("amfp-")
-        .suffix(".toml")
-        .tempfile()
-        .unwrap();
+    let mut f = tempfile::Builder::new().prefix("amfp-").suffix(".toml").tempfile().unwrap();
     f.write_all(text.as_bytes()).unwrap();
     f
 }
@@ -38,24 +34,11 @@ fn shown(f: &NamedTempFile) -> String {
 
 #[test]
 fn valid_file_is_printed_with_its_source() {
-    let f = config_file(
-        "[log]\nlevel = \"warn\"\n\n[synth]\nseed = 3\nbit_depth = 16\nscanner_pixel_um = 5\n",
-    );
-    let out = check(Some(f.path()))
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let f = config_file("[log]\nlevel = \"warn\"\n\n[synth]\nseed = 3\nbit_depth = 16\nscanner_pixel_um = 5\n");
+    let out = check(Some(f.path())).assert().success().get_output().stdout.clone();
     let out = String::from_utf8(out).unwrap();
     let first = out.lines().next().unwrap();
-    assert_eq!(
-        first,
-        format!(
-            "# amfp configuration from {}; no environment overrides",
-            shown(&f)
-        )
-    );
+    assert_eq!(first, format!("# amfp configuration from {}; no environment overrides", shown(&f)));
     for line in [
         "level = \"warn\"",
         "seed = 3",
@@ -64,19 +47,11 @@ fn valid_file_is_printed_with_its_source() {
         "microscope_pixel_um = 3.0",
         "threads = 0",
     ] {
-        assert!(
-            out.lines().any(|l| l == line),
-            "missing `{line}` in:\n{out}"
-        );
+        assert!(out.lines().any(|l| l == line), "missing `{line}` in:\n{out}");
     }
     // The output is itself a valid configuration with the same values.
     let again = config_file(&out);
-    let out2 = check(Some(again.path()))
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out2 = check(Some(again.path())).assert().success().get_output().stdout.clone();
     let body = |s: &str| s.lines().skip(1).map(str::to_owned).collect::<Vec<_>>();
     assert_eq!(body(&out), body(&String::from_utf8(out2).unwrap()));
 }
@@ -102,27 +77,20 @@ fn env_override_is_applied_and_named() {
         .success()
         .stdout(predicate::str::contains("seed = 42\n"))
         .stdout(predicate::str::contains("level = \"debug\"\n"))
-        .stdout(predicate::str::contains(
-            "environment overrides: AMFP__LOG__LEVEL, AMFP__SYNTH__SEED",
-        ));
+        .stdout(predicate::str::contains("environment overrides: AMFP__LOG__LEVEL, AMFP__SYNTH__SEED"));
 }
 
 #[test]
 fn no_file_means_built_in_defaults() {
     if Path::new(amfp::cli::DEFAULT_CONFIG_PATH).exists() {
-        eprintln!(
-            "skipped: {} exists on this machine",
-            amfp::cli::DEFAULT_CONFIG_PATH
-        );
+        eprintln!("skipped: {} exists on this machine", amfp::cli::DEFAULT_CONFIG_PATH);
         return;
     }
     check(None)
         .env("RUST_LOG", "debug")
         .assert()
         .success()
-        .stdout(predicate::str::starts_with(
-            "# amfp configuration from built-in defaults",
-        ))
+        .stdout(predicate::str::starts_with("# amfp configuration from built-in defaults"))
         .stdout(predicate::str::contains("seed = 7\n"))
         // stderr is a pipe here: journald style, with the debug priority.
         .stderr(predicate::str::contains(format!(
@@ -160,13 +128,10 @@ fn unknown_section_names_the_sections() {
 #[test]
 fn wrong_type_names_key_file_and_expected() {
     let f = config_file("[synth]\nseed = \"forty-two\"\n");
-    check(Some(f.path()))
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains(format!(
-            "{}: synth.seed: wrong type: found string \"forty-two\"; expected a whole number (0 or more)",
-            shown(&f)
-        )));
+    check(Some(f.path())).assert().code(2).stderr(predicate::str::contains(format!(
+        "{}: synth.seed: wrong type: found string \"forty-two\"; expected a whole number (0 or more)",
+        shown(&f)
+    )));
 }
 
 #[test]
@@ -174,26 +139,16 @@ fn impossible_values_are_all_reported() {
     let f = config_file(
         "[log]\nlevel = \"loud\"\n[synth]\nbit_depth = 12\nscanner_pixel_um = -1.5\nmicroscope_pixel_um = 0\n",
     );
-    let out = check(Some(f.path()))
-        .assert()
-        .code(2)
-        .get_output()
-        .stderr
-        .clone();
+    let out = check(Some(f.path())).assert().code(2).get_output().stderr.clone();
     let err = String::from_utf8(out).unwrap();
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 4, "{err}");
     let p = shown(&f);
     assert!(
-        lines[0].starts_with(&format!(
-            "error: {p}: log.level: `loud` is not a log level; expected a log filter"
-        )),
+        lines[0].starts_with(&format!("error: {p}: log.level: `loud` is not a log level; expected a log filter")),
         "{err}"
     );
-    assert_eq!(
-        lines[1],
-        format!("error: {p}: synth.bit_depth: 12 is not allowed; expected 8 or 16")
-    );
+    assert_eq!(lines[1], format!("error: {p}: synth.bit_depth: 12 is not allowed; expected 8 or 16"));
     assert_eq!(
         lines[2],
         format!(
@@ -218,10 +173,7 @@ fn out_of_range_integer_is_named() {
             "{}: synth.bit_depth: integer `300` is not allowed; expected 8 or 16",
             shown(&f)
         )))
-        .stderr(predicate::str::contains(format!(
-            "{}: synth.threads: integer `-1` is not allowed;",
-            shown(&f)
-        )));
+        .stderr(predicate::str::contains(format!("{}: synth.threads: integer `-1` is not allowed;", shown(&f))));
 }
 
 #[test]
@@ -231,10 +183,7 @@ fn missing_config_file_is_named() {
     check(Some(&missing))
         .assert()
         .code(2)
-        .stderr(predicate::str::contains(format!(
-            "error: {}: cannot read configuration file:",
-            missing.display()
-        )));
+        .stderr(predicate::str::contains(format!("error: {}: cannot read configuration file:", missing.display())));
 }
 
 #[test]
@@ -243,10 +192,7 @@ fn broken_toml_is_named_with_position() {
     check(Some(f.path()))
         .assert()
         .code(2)
-        .stderr(predicate::str::contains(format!(
-            "error: {}: not valid TOML",
-            shown(&f)
-        )))
+        .stderr(predicate::str::contains(format!("error: {}: not valid TOML", shown(&f))))
         .stderr(predicate::str::contains("at line 2, column 8: "));
 }
 
@@ -268,11 +214,7 @@ fn bad_env_value_names_the_variable() {
 
 #[test]
 fn unknown_env_key_names_the_variable() {
-    check(None)
-        .env("AMFP__SYNTH__SEEDS", "1")
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains(
-            "error: environment variable AMFP__SYNTH__SEEDS: synth.seeds: unknown key; expected one of:",
-        ));
+    check(None).env("AMFP__SYNTH__SEEDS", "1").assert().code(2).stderr(predicate::str::contains(
+        "error: environment variable AMFP__SYNTH__SEEDS: synth.seeds: unknown key; expected one of:",
+    ));
 }

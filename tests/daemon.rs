@@ -17,7 +17,6 @@ use common::{AMFP_BIN, Part, amfp_process, identify_json, isolate, simulate};
 use mqtt_support::{Broker, ClientOptions, PATIENCE, Subscriber, free_port};
 use serde_json::{Value, json};
 
-
 /// A test's directories: simulated parts, the watched directory, the daemon's state.
 struct Station {
     root: tempfile::TempDir,
@@ -106,7 +105,11 @@ impl Daemon {
 
     fn start_with(station: &Station, mut cmd: std::process::Command, args: &[&str]) -> Self {
         let stderr = station.path(&format!("daemon-{}.log", ulid::Ulid::generate()));
-        cmd.arg("run").args(args).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(std::fs::File::create(&stderr).unwrap());
+        cmd.arg("run")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap());
         Self { child: Some(cmd.spawn().unwrap()), stderr }
     }
 
@@ -171,7 +174,9 @@ async fn parts_from_a_directory_arrive_as_results() {
     let broker = Broker::start(station.root.path());
     let mut sub = Subscriber::connect(broker.port, &station.topic("#"), ClientOptions::default()).await;
     let expected: Vec<Value> = station.parts.iter().map(|p| identified(&p.file)).collect();
-    let names: Vec<String> = (0..station.parts.len()).map(|i| station.drop_part(i).file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = (0..station.parts.len())
+        .map(|i| station.drop_part(i).file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
     let config = station.config(Some(broker.port), "");
     let mut daemon = Daemon::start(&station, &config, &["--parts", &names.len().to_string()]);
 
@@ -189,7 +194,10 @@ async fn parts_from_a_directory_arrive_as_results() {
         let name = Path::new(r["source"]["name"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned();
         let i = names.iter().position(|n| *n == name).unwrap_or_else(|| panic!("unexpected source {name}"));
         let e = &expected[i];
-        assert_eq!((r["device"].as_str(), r["source"]["kind"].as_str()), (Some(station.device.as_str()), Some("directory")));
+        assert_eq!(
+            (r["device"].as_str(), r["source"]["kind"].as_str()),
+            (Some(station.device.as_str()), Some("directory"))
+        );
         for key in ["verdict", "label", "score", "margin", "top", "rois", "envelope", "model", "mode", "gallery"] {
             assert_eq!(r[key], e[key], "{key} of {name}");
         }
@@ -203,7 +211,10 @@ async fn parts_from_a_directory_arrive_as_results() {
     done.sort();
     assert_eq!(done, sorted);
     let logged: Vec<Value> = station.logged();
-    assert_eq!(logged.iter().map(|l| &l["id"]).collect::<Vec<_>>(), results.iter().map(|r| &r["id"]).collect::<Vec<_>>());
+    assert_eq!(
+        logged.iter().map(|l| &l["id"]).collect::<Vec<_>>(),
+        results.iter().map(|r| &r["id"]).collect::<Vec<_>>()
+    );
 }
 
 /// The broker goes away in the middle of a run and comes back: every result arrives, none lost.
@@ -371,7 +382,12 @@ async fn evidence_failed_files_and_restarts() {
     let evidence = logged[0]["evidence"].as_str().unwrap();
     assert_eq!(evidence, format!("evidence/{}.jpg", logged[0]["id"].as_str().unwrap()));
     let img = image::open(station.path("state").join(evidence)).unwrap().into_rgb8();
-    let frame = image::open(station.path("incoming/done").join(Path::new(logged[0]["source"]["name"].as_str().unwrap()).file_name().unwrap())).unwrap();
+    let frame = image::open(
+        station
+            .path("incoming/done")
+            .join(Path::new(logged[0]["source"]["name"].as_str().unwrap()).file_name().unwrap()),
+    )
+    .unwrap();
     assert_eq!(img.dimensions(), (frame.width(), frame.height()));
     let outlined = img.pixels().filter(|p| p.0[1] > 180 && p.0[0] < 100 && p.0[2] < 120).count();
     let used = logged[0]["rois"]["used"].as_u64().unwrap() as usize;
@@ -397,7 +413,8 @@ fn run_from_checkout(source: &str, parts: u32, env: &[(&str, &str)]) -> Vec<Valu
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), parts as usize);
     lines
 }
@@ -446,7 +463,8 @@ fn bad_configuration_is_a_clear_error_at_start() {
     let (code, err) = run("[daemon]\ntriger = \"each\"\n", &["--source", "synth", "--parts", "1"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("daemon") && err.contains("triger") && err.contains("trigger"), "{err}");
-    let (code, err) = run("[mqtt]\nenabled = true\nhost = \"mqtt://broker:1883\"\n", &["--source", "synth", "--parts", "1"]);
+    let (code, err) =
+        run("[mqtt]\nenabled = true\nhost = \"mqtt://broker:1883\"\n", &["--source", "synth", "--parts", "1"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("mqtt.host"), "{err}");
     let (code, err) = run("", &["--source", "directory", "--parts", "1"]);

@@ -8,8 +8,14 @@ mod common;
 use common::{INT8_MODEL, amfp, repo};
 
 fn envelope(pixel: &str, fov: &str) -> (i32, serde_json::Value) {
-    let out = amfp().args(["envelope", "--json", "--model"]).arg(repo(INT8_MODEL)).args(["--camera-pixel-um", pixel, "--fov-mm", fov]).output().unwrap();
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let out = amfp()
+        .args(["envelope", "--json", "--model"])
+        .arg(repo(INT8_MODEL))
+        .args(["--camera-pixel-um", pixel, "--fov-mm", fov])
+        .output()
+        .unwrap();
+    let v =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code().unwrap(), v)
 }
 
@@ -144,7 +150,12 @@ fn finer_pixels_are_resampled_and_identified_like_native_ones() {
         native.vote, finer.vote, native.named, finer.named, native.wrong, finer.wrong
     );
     let se = difference_se(native.vote, finer.vote, 24.0);
-    assert!(finer.vote >= native.vote - 2.0 * se, "5.3 µm {:.3} vs 10.6 µm {:.3} (se {se:.3})", finer.vote, native.vote);
+    assert!(
+        finer.vote >= native.vote - 2.0 * se,
+        "5.3 µm {:.3} vs 10.6 µm {:.3} (se {se:.3})",
+        finer.vote,
+        native.vote
+    );
     assert!(finer.wrong <= native.wrong, "resampled parts named wrongly: {} (native {})", finer.wrong, native.wrong);
     assert!(native.named >= 0.9, "native scans named right: {:.3}", native.named);
 }

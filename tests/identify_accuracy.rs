@@ -126,7 +126,11 @@ fn the_cli_reproduces_the_model_card_and_early_stopping_keeps_the_accuracy_with_
     let card = &model_card()["int8"];
     let card_n = card["parts"].as_f64().unwrap();
     let card_acc = card["accuracy"].as_f64().unwrap();
-    assert!(agrees(accuracy(full), full.total, card_acc, card_n), "accuracy {:.4} vs model card {card_acc:.4}", accuracy(full));
+    assert!(
+        agrees(accuracy(full), full.total, card_acc, card_n),
+        "accuracy {:.4} vs model card {card_acc:.4}",
+        accuracy(full)
+    );
     // Known parts called unknown: the distance tests' calibrated rate plus the parts whose vote
     // and nearest fingerprint disagree, as the gallery's calibration counted them.
     let cal = calibration();
@@ -136,12 +140,23 @@ fn the_cli_reproduces_the_model_card_and_early_stopping_keeps_the_accuracy_with_
     assert!(agrees(frr, full.total, cal_frr, cal_n), "false reject {frr:.3} vs the gallery's calibration {cal_frr:.3}");
     let cal_wrong = (cal["misnamed"].as_f64().unwrap() / cal_n).min(cal_frr);
     let wrong = full.wrong as f64 / full.total as f64;
-    assert!(wrong <= cal_wrong + 3.0 * (cal_wrong / full.total as f64).sqrt() + 1.0 / full.total as f64, "wrong {wrong:.4}");
+    assert!(
+        wrong <= cal_wrong + 3.0 * (cal_wrong / full.total as f64).sqrt() + 1.0 / full.total as f64,
+        "wrong {wrong:.4}"
+    );
     assert_eq!(rois_per_part(full), 16.0);
     assert!((accuracy(early) - accuracy(full)).abs() <= 0.005, "early stop moved accuracy by more than 0.5 points");
     // Early stopping must not settle a verdict the full vote would not give (docs/identify.md).
-    assert!((false_reject(early) - frr).abs() <= 0.005, "early stop moved the false-reject rate by more than 0.5 points");
-    assert!(early.wrong <= full.wrong + 1, "early stop named {} parts wrongly, the full vote {}", early.wrong, full.wrong);
+    assert!(
+        (false_reject(early) - frr).abs() <= 0.005,
+        "early stop moved the false-reject rate by more than 0.5 points"
+    );
+    assert!(
+        early.wrong <= full.wrong + 1,
+        "early stop named {} parts wrongly, the full vote {}",
+        early.wrong,
+        full.wrong
+    );
     assert!(rois_per_part(early) < 16.0, "early stopping saved nothing");
 }
 
@@ -179,14 +194,22 @@ fn machines_held_out_of_training_come_out_unknown_at_the_gallerys_rate() {
             e.0 += 1;
             let reason = a["reason"].as_str().unwrap();
             assert!(
-                ["far from every known machine", "fingerprint is near enough", "disagrees with itself"].iter().any(|r| reason.contains(r)),
+                ["far from every known machine", "fingerprint is near enough", "disagrees with itself"]
+                    .iter()
+                    .any(|r| reason.contains(r)),
                 "{a}"
             );
         }
     }
     let unknown: usize = per_machine.values().map(|v| v.0).sum();
     let rate = unknown as f64 / parts.len() as f64;
-    eprintln!("held-out machines: unknown rate {rate:.3} over {} parts (gallery calibration {card_rate:.3}); per machine {per_machine:?}", parts.len());
-    assert!(agrees(rate, parts.len(), card_rate, card_n), "unknown rate {rate:.3} vs the gallery's calibration {card_rate:.3}");
+    eprintln!(
+        "held-out machines: unknown rate {rate:.3} over {} parts (gallery calibration {card_rate:.3}); per machine {per_machine:?}",
+        parts.len()
+    );
+    assert!(
+        agrees(rate, parts.len(), card_rate, card_n),
+        "unknown rate {rate:.3} vs the gallery's calibration {card_rate:.3}"
+    );
     assert!(rate > 0.0, "no held-out part was called unknown");
 }

@@ -91,7 +91,8 @@ fn the_attribution_follows_the_design_contract() {
     assert_eq!(a["top"], b[0]["top"]);
     assert_ne!(a["id"], b[0]["id"]);
     // Another seed draws other ROIs.
-    let (c, _) = identify_json(&["--model", &model_arg(INT8_MODEL), "--early-stop", "off", "--seed", "99"], &[&part.file]);
+    let (c, _) =
+        identify_json(&["--model", &model_arg(INT8_MODEL), "--early-stop", "off", "--seed", "99"], &[&part.file]);
     assert_ne!(a["top"][0]["score"], c[0]["top"][0]["score"]);
 }
 
@@ -99,8 +100,7 @@ fn the_attribution_follows_the_design_contract() {
 fn several_models_report_each_attribute_in_one_attribution() {
     let fx = fixture();
     let part = &fx.parts[2];
-    let (a, out) =
-        identify_json(&["--model", &model_arg(F32_MODEL), "--model", &model_arg(INT8_MODEL)], &[&part.file]);
+    let (a, out) = identify_json(&["--model", &model_arg(F32_MODEL), "--model", &model_arg(INT8_MODEL)], &[&part.file]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(a[0]["model"]["name"], "amfp-synth-v3");
     let attrs = a[0]["attributes"].as_array().unwrap();
@@ -166,9 +166,9 @@ fn unreadable_images_are_errors_that_say_what_is_wrong() {
 fn images_that_cannot_be_judged_are_rejected_with_a_reason() {
     let fx = fixture();
     let tiny = png(&image::GrayImage::from_fn(10, 10, |x, y| image::Luma([((x * 37 + y * 91) % 200 + 40) as u8])));
-    identify_file(&fx.root, "tiny.png", &tiny, &["--pixel-um", "10.6"])
-        .code(4)
-        .stdout(predicate::str::contains("REJECTED: field of view 0.11 x 0.11 mm is smaller than the model's sample of 2.04 mm"));
+    identify_file(&fx.root, "tiny.png", &tiny, &["--pixel-um", "10.6"]).code(4).stdout(predicate::str::contains(
+        "REJECTED: field of view 0.11 x 0.11 mm is smaller than the model's sample of 2.04 mm",
+    ));
     let black = png(&image::GrayImage::new(800, 600));
     identify_file(&fx.root, "black.png", &black, &["--pixel-um", "10.6"])
         .code(4)
@@ -296,7 +296,11 @@ fn feature_graph(classes: i64) -> pb::GraphProto {
             float_data: vec![0.01; 10 * classes as usize],
             ..Default::default()
         }],
-        input: vec![pb::ValueInfoProto { name: "x".into(), r#type: Some(dims(&[n.clone(), Value::DimValue(10)])), ..Default::default() }],
+        input: vec![pb::ValueInfoProto {
+            name: "x".into(),
+            r#type: Some(dims(&[n.clone(), Value::DimValue(10)])),
+            ..Default::default()
+        }],
         output: vec![pb::ValueInfoProto {
             name: "logits".into(),
             r#type: Some(dims(&[n, Value::DimValue(classes)])),

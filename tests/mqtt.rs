@@ -53,9 +53,8 @@ async fn results_arrive_in_order_with_status_online_then_offline() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let mut sub = Subscriber::connect(broker.port, "amfp/dev/#", ClientOptions::default()).await;
-    let (mqtt, _commands) = MqttPublisher::start(&settings(broker.port, dir.path()), "dev", status_fields())
-        .await
-        .unwrap();
+    let (mqtt, _commands) =
+        MqttPublisher::start(&settings(broker.port, dir.path()), "dev", status_fields()).await.unwrap();
     mqtt.wait_connected(PATIENCE).await.unwrap();
 
     let online = sub.status(STATUS, "online").await;
@@ -99,9 +98,8 @@ fn last_will_says_offline_when_the_publisher_dies() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut sub = rt.block_on(Subscriber::connect(broker.port, STATUS, ClientOptions::default()));
     let doomed = tokio::runtime::Runtime::new().unwrap();
-    let (mqtt, _commands) = doomed
-        .block_on(MqttPublisher::start(&settings(broker.port, dir.path()), "dev", status_fields()))
-        .unwrap();
+    let (mqtt, _commands) =
+        doomed.block_on(MqttPublisher::start(&settings(broker.port, dir.path()), "dev", status_fields())).unwrap();
     rt.block_on(sub.status(STATUS, "online"));
     // kill -9: the publisher's tasks and sockets end at once, without a goodbye.
     drop(doomed);
@@ -116,9 +114,8 @@ async fn broker_restart_mid_run_loses_nothing() {
     let mut broker = Broker::start(dir.path());
     let persistent = ClientOptions { persistent_id: Some("fleet-manager".into()), ..ClientOptions::default() };
     let mut sub = Subscriber::connect(broker.port, RESULT, persistent).await;
-    let (mqtt, _commands) = MqttPublisher::start(&settings(broker.port, dir.path()), "dev", status_fields())
-        .await
-        .unwrap();
+    let (mqtt, _commands) =
+        MqttPublisher::start(&settings(broker.port, dir.path()), "dev", status_fields()).await.unwrap();
     mqtt.wait_connected(PATIENCE).await.unwrap();
 
     let sent: Vec<_> = (0..20).map(attribution).collect();
@@ -152,9 +149,8 @@ fn killed_while_the_broker_is_down_then_restarted_delivers_everything() {
 
     // No broker yet: every result goes to the outbox, then the process dies.
     in_runtime_then_crash(async {
-        let (mqtt, _commands) = MqttPublisher::start(&settings(port, dir.path()), "dev", status_fields())
-            .await
-            .unwrap();
+        let (mqtt, _commands) =
+            MqttPublisher::start(&settings(port, dir.path()), "dev", status_fields()).await.unwrap();
         for a in &sent {
             mqtt.publish_result(a).await.unwrap();
         }
@@ -166,9 +162,8 @@ fn killed_while_the_broker_is_down_then_restarted_delivers_everything() {
     let broker = Broker::start_with(dir.path(), port, "allow_anonymous true\n", &[]);
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let mut sub = Subscriber::connect(broker.port, RESULT, ClientOptions::default()).await;
-        let (mqtt, _commands) = MqttPublisher::start(&settings(port, dir.path()), "dev", status_fields())
-            .await
-            .unwrap();
+        let (mqtt, _commands) =
+            MqttPublisher::start(&settings(port, dir.path()), "dev", status_fields()).await.unwrap();
         let (got, _) = sub.results(RESULT, sent.len()).await;
         for (a, v) in sent.iter().zip(&got) {
             assert_eq!(v, &serde_json::to_value(a).unwrap());
@@ -292,9 +287,8 @@ async fn commands_reach_the_daemon_and_bad_ones_become_events() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path());
     let mut sub = Subscriber::connect(broker.port, "amfp/dev/+", ClientOptions::default()).await;
-    let (mqtt, mut commands) = MqttPublisher::start(&settings(broker.port, dir.path()), "dev", status_fields())
-        .await
-        .unwrap();
+    let (mqtt, mut commands) =
+        MqttPublisher::start(&settings(broker.port, dir.path()), "dev", status_fields()).await.unwrap();
     // The publisher subscribes before it publishes `online`: once that is seen, commands arrive.
     sub.status(STATUS, "online").await;
 
@@ -336,7 +330,10 @@ async fn bad_settings_and_a_second_publisher_are_refused_at_start() {
             },
             "mqtt.password_file: cannot read ",
         ),
-        (amfp::config::MqttSettings { client_cert_file: Some("c.pem".into()), ..base.clone() }, "mqtt.client_cert_file: "),
+        (
+            amfp::config::MqttSettings { client_cert_file: Some("c.pem".into()), ..base.clone() },
+            "mqtt.client_cert_file: ",
+        ),
     ];
     for (s, start) in cases {
         let e = MqttPublisher::start(&s, "dev", status_fields()).await.err().unwrap();
@@ -358,9 +355,8 @@ async fn shutdown_sends_what_was_queued_just_before() {
     let broker = Broker::start(dir.path());
     let mut sub = Subscriber::connect(broker.port, RESULT, ClientOptions::default()).await;
     for round in 0..5 {
-        let (mqtt, _commands) = MqttPublisher::start(&settings(broker.port, dir.path()), "dev", status_fields())
-            .await
-            .unwrap();
+        let (mqtt, _commands) =
+            MqttPublisher::start(&settings(broker.port, dir.path()), "dev", status_fields()).await.unwrap();
         mqtt.wait_connected(PATIENCE).await.unwrap();
         let sent: Vec<_> = (round * 3..round * 3 + 3).map(attribution).collect();
         for a in &sent {
@@ -369,6 +365,9 @@ async fn shutdown_sends_what_was_queued_just_before() {
         let report = mqtt.shutdown(Duration::from_secs(5)).await;
         assert_eq!((report.clean, report.outbox_entries), (true, 0), "round {round}");
         let (got, _) = sub.results(RESULT, 3).await;
-        assert_eq!(got.iter().map(|v| v["id"].as_str().unwrap()).collect::<Vec<_>>(), sent.iter().map(|a| a.id.as_str()).collect::<Vec<_>>());
+        assert_eq!(
+            got.iter().map(|v| v["id"].as_str().unwrap()).collect::<Vec<_>>(),
+            sent.iter().map(|a| a.id.as_str()).collect::<Vec<_>>()
+        );
     }
 }

@@ -11,7 +11,6 @@ use std::path::Path;
 use common::*;
 use rand::{RngExt, SeedableRng};
 
-
 /// Writes a `w` x `h` image of uniform random RGB noise as a JPEG of quality 85 (what a phone
 /// or camera writes), with a pixel size in its JFIF header so the envelope accepts it.
 fn noise_jpeg(path: &Path, seed: u64, w: u32, h: u32) {
@@ -47,7 +46,9 @@ fn noise_is_never_named_and_known_parts_are_named_with_their_distance() {
         if a["verdict"] == "unknown" {
             assert_eq!(a["mode"], "gallery", "{a}");
             assert!(a["reason"].as_str().unwrap().contains("far from every known machine"), "{a}");
-            assert!(a["gallery"]["plain_distance"].as_f64().unwrap() > a["gallery"]["outlier_threshold"].as_f64().unwrap());
+            assert!(
+                a["gallery"]["plain_distance"].as_f64().unwrap() > a["gallery"]["outlier_threshold"].as_f64().unwrap()
+            );
         }
     }
     for (part, a) in parts.iter().zip(&results[files.len()..]) {
@@ -93,7 +94,10 @@ fn a_foreign_or_damaged_gallery_is_a_clear_error() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let err = refused(&repo(F32_GALLERY));
-    assert!(err.contains("belongs to model amfp-synth-v3 ") && err.contains("not to the loaded model amfp-synth-v3-int8"), "{err}");
+    assert!(
+        err.contains("belongs to model amfp-synth-v3 ") && err.contains("not to the loaded model amfp-synth-v3-int8"),
+        "{err}"
+    );
 
     let text = std::fs::read_to_string(repo(INT8_GALLERY)).unwrap();
     let damaged = dir.path().join("damaged.gallery.json");

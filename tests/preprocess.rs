@@ -145,9 +145,7 @@ fn through_png(scan: &Scan) -> Frame {
 }
 
 fn crop(f: &Frame, x0: u32, y0: u32, w: u32, h: u32) -> Frame {
-    let pixels = (y0..y0 + h)
-        .flat_map(|y| (x0..x0 + w).map(move |x| f.pixels[(y * f.width + x) as usize]))
-        .collect();
+    let pixels = (y0..y0 + h).flat_map(|y| (x0..x0 + w).map(move |x| f.pixels[(y * f.width + x) as usize])).collect();
     Frame { width: w, height: h, pixels, pixel_um: f.pixel_um, bit_depth: f.bit_depth }
 }
 
@@ -388,7 +386,9 @@ fn envelope_refuses_unknown_and_coarse_pixels_and_small_views() {
     let small = frame(640, 480, None, |x, _| x as f32 / 640.0);
     match fit_to_model(&small, at(3.0), &SHIPPED).unwrap_err() {
         Rejection::ViewTooSmall { view_w_mm, view_h_mm, sample_mm } => {
-            assert!((view_w_mm - 1.92).abs() < 1e-9 && (view_h_mm - 1.44).abs() < 1e-9 && (sample_mm - 2.0352).abs() < 1e-9);
+            assert!(
+                (view_w_mm - 1.92).abs() < 1e-9 && (view_h_mm - 1.44).abs() < 1e-9 && (sample_mm - 2.0352).abs() < 1e-9
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -515,10 +515,7 @@ fn thin_or_small_parts_are_too_little_surface() {
     let s = PartSurface::new(patch.clone(), 192, MIN_FG, MaskMode::Otsu, 0.0).unwrap();
     assert_eq!(s.valid_corners(), 2773);
     assert!((s.surface_rois() - 1.738_389_756_944_444_4).abs() < 1e-12, "{}", s.surface_rois());
-    assert_eq!(
-        PartSurface::new(patch, 192, MIN_FG, MaskMode::Otsu, 2.0).unwrap_err().code(),
-        "too_little_surface"
-    );
+    assert_eq!(PartSurface::new(patch, 192, MIN_FG, MaskMode::Otsu, 2.0).unwrap_err().code(), "too_little_surface");
     // A speck: nothing fits and almost nothing is bright.
     let speck = gray_image(400, 400, part(10, 20, 10, 20));
     assert_eq!(PartSurface::new(speck, 192, MIN_FG, MaskMode::Otsu, 2.0).unwrap_err().code(), "no_part");
@@ -545,7 +542,8 @@ fn sampling_is_reproducible_and_on_the_part() {
     let scan = &scans(&spec(Mode::Scanner, &["F3B-1"], 6, 8), Some(Design::Plug), 1)[0];
     let f = through_png(scan);
     let (plug, _) = fit_to_model(&f, at(10.6), &SHIPPED).unwrap();
-    let square = gray_image(400, 400, |x, y| if (100..300).contains(&x) && (100..300).contains(&y) { 0.6 } else { 0.2 });
+    let square =
+        gray_image(400, 400, |x, y| if (100..300).contains(&x) && (100..300).contains(&y) { 0.6 } else { 0.2 });
     for (img, min_fg) in [(plug, MIN_FG), (square, 1.0)] {
         let need = (f64::from(min_fg) * 192.0 * 192.0).ceil() as u32;
         let threshold = otsu(&img.pixels).threshold;

@@ -48,11 +48,7 @@ fn prepared(scan: &Scan, mode: Mode) -> Plane {
     };
     let sw: f64 = weight.iter().sum();
     let mean = raw.iter().zip(&weight).map(|(v, k)| v * k).sum::<f64>() / sw;
-    let v = raw
-        .iter()
-        .zip(&weight)
-        .map(|(v, k)| (v - mean) * k)
-        .collect();
+    let v = raw.iter().zip(&weight).map(|(v, k)| (v - mean) * k).collect();
     Plane { w, h, v }
 }
 
@@ -64,22 +60,14 @@ fn part_taper(raw: &[f64], w: usize, h: usize) -> Vec<f64> {
     let mut sorted = smooth.clone();
     sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
     // The scanner frame has a margin of background on every side: its border is background.
-    let mut border: Vec<f64> = (0..w)
-        .flat_map(|x| [smooth[x], smooth[(h - 1) * w + x]])
-        .collect();
+    let mut border: Vec<f64> = (0..w).flat_map(|x| [smooth[x], smooth[(h - 1) * w + x]]).collect();
     border.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let bg = border[border.len() / 2];
     let top = sorted[sorted.len() * 9 / 10];
     let thr = 0.5 * (bg + top);
-    let inside: Vec<f64> = smooth
-        .iter()
-        .map(|&s| if s > thr { 1.0 } else { 0.0 })
-        .collect();
+    let inside: Vec<f64> = smooth.iter().map(|&s| if s > thr { 1.0 } else { 0.0 }).collect();
     // Erode by 10 px (a box minimum through a blur: 1 only where all neighbours are 1), then taper.
-    let eroded: Vec<f64> = box_blur(&inside, w, h, 10)
-        .iter()
-        .map(|&m| if m > 0.999 { 1.0 } else { 0.0 })
-        .collect();
+    let eroded: Vec<f64> = box_blur(&inside, w, h, 10).iter().map(|&m| if m > 0.999 { 1.0 } else { 0.0 }).collect();
     box_blur(&eroded, w, h, 6)
 }
 
@@ -128,11 +116,7 @@ fn fft2(p: &Plane) -> Vec<Complex<f64>> {
 
 /// Signed frequency (cycles/pixel) of FFT bin k of n.
 fn freq(k: usize, n: usize) -> f64 {
-    if k <= n / 2 {
-        k as f64 / n as f64
-    } else {
-        k as f64 / n as f64 - 1.0
-    }
+    if k <= n / 2 { k as f64 / n as f64 } else { k as f64 / n as f64 - 1.0 }
 }
 
 /// A spectral peak: frequency (cycles/pixel, fy >= 0 half plane) and power.
@@ -159,19 +143,8 @@ impl Peak {
 
 /// The strongest FFT bin with radial frequency in [lo, hi] (cycles/pixel), in the half plane
 /// fy >= 0, optionally only at directions at least `min_sep` radians away from `avoid`.
-fn coarse_peak(
-    spec: &[Complex<f64>],
-    w: usize,
-    h: usize,
-    lo: f64,
-    hi: f64,
-    avoid: Option<(f64, f64)>,
-) -> Peak {
-    let mut best = Peak {
-        fx: 0.0,
-        fy: 0.0,
-        power: -1.0,
-    };
+fn coarse_peak(spec: &[Complex<f64>], w: usize, h: usize, lo: f64, hi: f64, avoid: Option<(f64, f64)>) -> Peak {
+    let mut best = Peak { fx: 0.0, fy: 0.0, power: -1.0 };
     for ky in 0..h {
         let fy = freq(ky, h);
         if fy < 0.0 {
@@ -201,37 +174,14 @@ fn coarse_peak(
 /// |DFT|^2 of the plane on a grid of frequencies fxs x fys (separable: one pass per fx).
 fn dft_grid(p: &Plane, fxs: &[f64], fys: &[f64]) -> Vec<Vec<f64>> {
     let (w, h) = (p.w, p.h);
-    let ys: Vec<Vec<Complex<f64>>> = fys
-        .iter()
-        .map(|&fy| {
-            (0..h)
-                .map(|y| Complex::from_polar(1.0, -2.0 * PI * fy * y as f64))
-                .collect()
-        })
-        .collect();
+    let ys: Vec<Vec<Complex<f64>>> =
+        fys.iter().map(|&fy| (0..h).map(|y| Complex::from_polar(1.0, -2.0 * PI * fy * y as f64)).collect()).collect();
     fxs.iter()
         .map(|&fx| {
-            let tw: Vec<Complex<f64>> = (0..w)
-                .map(|x| Complex::from_polar(1.0, -2.0 * PI * fx * x as f64))
-                .collect();
-            let rows: Vec<Complex<f64>> = (0..h)
-                .map(|y| {
-                    p.v[y * w..(y + 1) * w]
-                        .iter()
-                        .zip(&tw)
-                        .map(|(&v, &t)| t * v)
-                        .sum()
-                })
-                .collect();
-            ys.iter()
-                .map(|ty| {
-                    rows.iter()
-                        .zip(ty)
-                        .map(|(&r, &t)| r * t)
-                        .sum::<Complex<f64>>()
-                        .norm_sqr()
-                })
-                .collect()
+            let tw: Vec<Complex<f64>> = (0..w).map(|x| Complex::from_polar(1.0, -2.0 * PI * fx * x as f64)).collect();
+            let rows: Vec<Complex<f64>> =
+                (0..h).map(|y| p.v[y * w..(y + 1) * w].iter().zip(&tw).map(|(&v, &t)| t * v).sum()).collect();
+            ys.iter().map(|ty| rows.iter().zip(ty).map(|(&r, &t)| r * t).sum::<Complex<f64>>().norm_sqr()).collect()
         })
         .collect()
 }
@@ -268,22 +218,9 @@ fn refine(p: &Plane, coarse: Peak) -> Peak {
 
 /// The refined spectral peak of a periodic texture whose period (pixels) is expected within a
 /// factor `1 +- slack` of `expected_px`; `avoid` excludes directions near another peak.
-fn measure_period(
-    p: &Plane,
-    spec: &[Complex<f64>],
-    expected_px: f64,
-    slack: f64,
-    avoid: Option<(f64, f64)>,
-) -> Peak {
+fn measure_period(p: &Plane, spec: &[Complex<f64>], expected_px: f64, slack: f64, avoid: Option<(f64, f64)>) -> Peak {
     let f0 = 1.0 / expected_px;
-    let coarse = coarse_peak(
-        spec,
-        p.w,
-        p.h,
-        f0 / (1.0 + slack),
-        f0 / (1.0 - slack),
-        avoid,
-    );
+    let coarse = coarse_peak(spec, p.w, p.h, f0 / (1.0 + slack), f0 / (1.0 - slack), avoid);
     refine(p, coarse)
 }
 
@@ -299,17 +236,10 @@ fn radial_autocorrelation(scan: &Scan, max_lag: usize) -> Vec<f64> {
     for y in 0..h {
         padded[y * pw..y * pw + w].copy_from_slice(&hp[y * w..(y + 1) * w]);
     }
-    let spec = fft2(&Plane {
-        w: pw,
-        h: ph,
-        v: padded,
-    });
+    let spec = fft2(&Plane { w: pw, h: ph, v: padded });
     let mut planner = FftPlanner::new();
     // The inverse transform of the power spectrum is the autocorrelation.
-    let mut buf: Vec<Complex<f64>> = spec
-        .iter()
-        .map(|c| Complex::new(c.norm_sqr(), 0.0))
-        .collect();
+    let mut buf: Vec<Complex<f64>> = spec.iter().map(|c| Complex::new(c.norm_sqr(), 0.0)).collect();
     planner.plan_fft_inverse(pw).process(&mut buf);
     let mut t = vec![Complex::new(0.0, 0.0); pw * ph];
     for y in 0..ph {
@@ -325,11 +255,7 @@ fn radial_autocorrelation(scan: &Scan, max_lag: usize) -> Vec<f64> {
             let r = ((dx * dx + dy * dy) as f64).sqrt().round() as usize;
             if r <= max_lag {
                 // (dx, dy) and (-dx, dy); the other half plane is the same by symmetry.
-                let mirrored = if dx > 0 {
-                    acf(pw - dx, dy)
-                } else {
-                    acf(dx, dy)
-                };
+                let mirrored = if dx > 0 { acf(pw - dx, dy) } else { acf(dx, dy) };
                 radial[r].0 += acf(dx, dy) + mirrored;
                 radial[r].1 += 2.0;
             }
@@ -343,10 +269,7 @@ fn radial_autocorrelation(scan: &Scan, max_lag: usize) -> Vec<f64> {
 /// slow illumination), which leaves every texture finer than the frame alone.
 fn detrend_quadratic(v: &[f64], w: usize, h: usize) -> Vec<f64> {
     let basis = |x: usize, y: usize| {
-        let (u, t) = (
-            2.0 * x as f64 / w as f64 - 1.0,
-            2.0 * y as f64 / h as f64 - 1.0,
-        );
+        let (u, t) = (2.0 * x as f64 / w as f64 - 1.0, 2.0 * y as f64 / h as f64 - 1.0);
         [1.0, u, t, u * u, u * t, t * t]
     };
     let mut ata = [[0.0; 6]; 6];
@@ -364,9 +287,7 @@ fn detrend_quadratic(v: &[f64], w: usize, h: usize) -> Vec<f64> {
     }
     // Gaussian elimination with partial pivoting on the 6x6 normal equations.
     for c in 0..6 {
-        let p = (c..6)
-            .max_by(|&a, &b| ata[a][c].abs().partial_cmp(&ata[b][c].abs()).unwrap())
-            .unwrap();
+        let p = (c..6).max_by(|&a, &b| ata[a][c].abs().partial_cmp(&ata[b][c].abs()).unwrap()).unwrap();
         ata.swap(c, p);
         atb.swap(c, p);
         for r in c + 1..6 {
@@ -384,14 +305,7 @@ fn detrend_quadratic(v: &[f64], w: usize, h: usize) -> Vec<f64> {
     }
     (0..h)
         .flat_map(|y| (0..w).map(move |x| (x, y)))
-        .map(|(x, y)| {
-            v[y * w + x]
-                - basis(x, y)
-                    .iter()
-                    .zip(&coef)
-                    .map(|(b, c)| b * c)
-                    .sum::<f64>()
-        })
+        .map(|(x, y)| v[y * w + x] - basis(x, y).iter().zip(&coef).map(|(b, c)| b * c).sum::<f64>())
         .collect()
 }
 
@@ -404,35 +318,20 @@ fn correlation_zero_crossing(scan: &Scan) -> f64 {
             return r as f64 + curve[r] / (curve[r] - curve[r + 1]);
         }
     }
-    panic!(
-        "the autocorrelation stays positive to lag {}: {curve:?}",
-        curve.len() - 1
-    );
+    panic!("the autocorrelation stays positive to lag {}: {curve:?}", curve.len() - 1);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Scenes
 // ---------------------------------------------------------------------------------------------
 
-fn spec_for(
-    fleet: Fleet,
-    seed: u64,
-    mode: Mode,
-    pixel_um: f64,
-    frame: (usize, usize),
-    parts: u32,
-) -> DatasetSpec {
+fn spec_for(fleet: Fleet, seed: u64, mode: Mode, pixel_um: f64, frame: (usize, usize), parts: u32) -> DatasetSpec {
     DatasetSpec {
         fleet,
         seed,
         parts_per_machine: parts,
         first_build: 1,
-        imaging: ImagingSpec {
-            mode,
-            pixel_um,
-            microscope_px: frame,
-            bit_depth: 16,
-        },
+        imaging: ImagingSpec { mode, pixel_um, microscope_px: frame, bit_depth: 16 },
         jpeg_quality: None,
         split: SplitFractions::default(),
         layout: Layout::Flat,
@@ -443,18 +342,13 @@ fn spec_for(
 /// A one-machine fleet of `model` with these parameter overrides (TOML inline table body) and
 /// no unit-to-unit deviation.
 fn one_machine(model: &str, params: &str) -> Fleet {
-    let text = format!(
-        "unit_spread = 0\n[[machine]]\nname = \"X\"\nmodel = \"{model}\"\nparams = {{ {params} }}\n"
-    );
+    let text = format!("unit_spread = 0\n[[machine]]\nname = \"X\"\nmodel = \"{model}\"\nparams = {{ {params} }}\n");
     Fleet::parse(&text, "test fleet").unwrap()
 }
 
 /// The plans of the named machine.
 fn plans_of<'a>(plans: &'a [PartPlan], spec: &DatasetSpec, machine: &str) -> Vec<&'a PartPlan> {
-    plans
-        .iter()
-        .filter(|p| spec.fleet.machines[p.machine].name == machine)
-        .collect()
+    plans.iter().filter(|p| spec.fleet.machines[p.machine].name == machine).collect()
 }
 
 fn params_of<'a>(fleet: &'a Fleet, name: &str) -> &'a ProcessParams {
@@ -467,15 +361,11 @@ fn params_of<'a>(fleet: &'a Fleet, name: &str) -> &'a ProcessParams {
 
 #[test]
 fn fdm_road_pitch_is_in_the_scan_spectrum() {
-    let fleet = Fleet::paper(7)
-        .select(&["S450-1".into(), "S900-1".into()])
-        .unwrap();
+    let fleet = Fleet::paper(7).select(&["S450-1".into(), "S900-1".into()]).unwrap();
     let spec = spec_for(fleet.clone(), 11, Mode::Scanner, 10.6, (0, 0), 2);
     let plans = spec.plan();
     for plan in &plans {
-        let ProcessParams::Fdm(p) = &fleet.machines[plan.machine].params else {
-            unreachable!()
-        };
+        let ProcessParams::Fdm(p) = &fleet.machines[plan.machine].params else { unreachable!() };
         let scan = spec.render(plan);
         let plane = prepared(&scan, Mode::Scanner);
         let expected = p.road_pitch_um / 10.6;
@@ -488,12 +378,7 @@ fn fdm_road_pitch_is_in_the_scan_spectrum() {
             peak.period(),
             100.0 * err
         );
-        assert!(
-            err.abs() < 0.01,
-            "{}: road period {} px, configured {expected} px",
-            plan.record.serial,
-            peak.period()
-        );
+        assert!(err.abs() < 0.01, "{}: road period {} px, configured {expected} px", plan.record.serial, peak.period());
     }
 }
 
@@ -513,31 +398,20 @@ fn fdm_road_pitch_in_microscope_frames() {
             peak.period(),
             100.0 * err
         );
-        assert!(
-            err.abs() < 0.01,
-            "road period {} px, configured {expected} px",
-            peak.period()
-        );
+        assert!(err.abs() < 0.01, "road period {} px, configured {expected} px", peak.period());
     }
 }
 
 #[test]
 fn dls_pixel_grid_is_in_the_scan_spectrum_along_both_axes() {
-    let fleet = Fleet::paper(7)
-        .select(&["M2-2".into(), "L1-1".into()])
-        .unwrap();
+    let fleet = Fleet::paper(7).select(&["M2-2".into(), "L1-1".into()]).unwrap();
     let spec = spec_for(fleet.clone(), 5, Mode::Scanner, 10.6, (0, 0), 2);
     for plan in &spec.plan() {
-        let ProcessParams::Dls(p) = &fleet.machines[plan.machine].params else {
-            unreachable!()
-        };
+        let ProcessParams::Dls(p) = &fleet.machines[plan.machine].params else { unreachable!() };
         let scan = spec.render(plan);
         let plane = prepared(&scan, Mode::Scanner);
         let spectrum = fft2(&plane);
-        let (ex, ey) = (
-            p.pixel_pitch_um / 10.6,
-            p.pixel_pitch_um * p.pitch_aspect / 10.6,
-        );
+        let (ex, ey) = (p.pixel_pitch_um / 10.6, p.pixel_pitch_um * p.pitch_aspect / 10.6);
         let first = measure_period(&plane, &spectrum, ex, 0.2, None);
         let second = measure_period(&plane, &spectrum, ex, 0.2, Some((first.angle(), PI / 4.0)));
         let sep = (first.angle() - second.angle()).rem_euclid(PI);
@@ -548,35 +422,20 @@ fn dls_pixel_grid_is_in_the_scan_spectrum_along_both_axes() {
             second.period(),
             sep.to_degrees()
         );
-        assert!(
-            (sep.to_degrees() - 90.0).abs() < 2.0,
-            "grid axes {} deg apart",
-            sep.to_degrees()
-        );
+        assert!((sep.to_degrees() - 90.0).abs() < 2.0, "grid axes {} deg apart", sep.to_degrees());
         for peak in [first, second] {
-            let err = (peak.period() / ex - 1.0)
-                .abs()
-                .min((peak.period() / ey - 1.0).abs());
-            assert!(
-                err < 0.01,
-                "{}: grid period {} px, configured {ex} x {ey}",
-                plan.record.serial,
-                peak.period()
-            );
+            let err = (peak.period() / ex - 1.0).abs().min((peak.period() / ey - 1.0).abs());
+            assert!(err < 0.01, "{}: grid period {} px, configured {ex} x {ey}", plan.record.serial, peak.period());
         }
     }
 }
 
 #[test]
 fn sla_hatch_pitch_is_in_the_scan_spectrum() {
-    let fleet = Fleet::paper(7)
-        .select(&["F3B-1".into(), "F3B-4".into()])
-        .unwrap();
+    let fleet = Fleet::paper(7).select(&["F3B-1".into(), "F3B-4".into()]).unwrap();
     let spec = spec_for(fleet.clone(), 5, Mode::Scanner, 10.6, (0, 0), 2);
     for plan in &spec.plan() {
-        let ProcessParams::Sla(p) = &fleet.machines[plan.machine].params else {
-            unreachable!()
-        };
+        let ProcessParams::Sla(p) = &fleet.machines[plan.machine].params else { unreachable!() };
         let scan = spec.render(plan);
         let plane = prepared(&scan, Mode::Scanner);
         let expected = p.hatch_pitch_um / 10.6;
@@ -589,11 +448,7 @@ fn sla_hatch_pitch_is_in_the_scan_spectrum() {
             100.0 * err,
             scan.orientation
         );
-        assert!(
-            err.abs() < 0.01,
-            "hatch period {} px, configured {expected} px",
-            peak.period()
-        );
+        assert!(err.abs() < 0.01, "hatch period {} px, configured {expected} px", peak.period());
     }
 }
 
@@ -603,17 +458,12 @@ fn sla_hatch_pitch_is_in_the_scan_spectrum() {
 
 /// MJF parameters that leave the grains alone on the skin: the droplet grid and the recoater
 /// streaks have their own fixed scales and would blur a measurement of the grain scale.
-const GRAINS_ONLY: &str =
-    "droplet_contrast = 0.0, streak_strength = 0.0, streak_growth_per_build = 0.0";
+const GRAINS_ONLY: &str = "droplet_contrast = 0.0, streak_strength = 0.0, streak_growth_per_build = 0.0";
 
 /// Mean autocorrelation zero crossing (pixels) over the microscope frames of `parts` parts.
 fn mean_zero_crossing(spec: &DatasetSpec) -> f64 {
     let plans = spec.plan();
-    plans
-        .iter()
-        .map(|plan| correlation_zero_crossing(&spec.render(plan)))
-        .sum::<f64>()
-        / plans.len() as f64
+    plans.iter().map(|plan| correlation_zero_crossing(&spec.render(plan))).sum::<f64>() / plans.len() as f64
 }
 
 #[test]
@@ -624,49 +474,29 @@ fn mjf_grain_size_tracks_grain_median() {
     let px = 3.0;
     let mut zc = Vec::new();
     for grain in [50.0, 65.0] {
-        let fleet = one_machine(
-            "hp-mjf-4200",
-            &format!("grain_median_um = {grain}, thermal_tray = 0.0, {GRAINS_ONLY}"),
-        );
+        let fleet =
+            one_machine("hp-mjf-4200", &format!("grain_median_um = {grain}, thermal_tray = 0.0, {GRAINS_ONLY}"));
         let z = mean_zero_crossing(&spec_for(fleet, 9, Mode::Microscope, px, (384, 384), 12));
         // The zero crossing sits near the grain radius: median diameter / crossing is about 2.
         let d_over_zc = grain / px / z;
-        eprintln!(
-            "grain {grain} µm: autocorrelation zero crossing {z:.3} px, diameter/crossing {d_over_zc:.3}"
-        );
-        assert!(
-            (1.6..2.3).contains(&d_over_zc),
-            "grain {grain} µm at {px} µm/px: crossing at {z} px"
-        );
+        eprintln!("grain {grain} µm: autocorrelation zero crossing {z:.3} px, diameter/crossing {d_over_zc:.3}");
+        assert!((1.6..2.3).contains(&d_over_zc), "grain {grain} µm at {px} µm/px: crossing at {z} px");
         zc.push(z);
     }
     let ratio = zc[1] / zc[0];
     eprintln!("measured grain ratio {ratio:.3}, configured 1.3");
-    assert!(
-        (1.2..1.36).contains(&ratio),
-        "grains 65 vs 50 µm: crossings {zc:?}, ratio {ratio}"
-    );
+    assert!((1.2..1.36).contains(&ratio), "grains 65 vs 50 µm: crossings {zc:?}, ratio {ratio}");
 
     // A null control: the same grains, another dataset seed, measure the same.
-    let fleet = one_machine(
-        "hp-mjf-4200",
-        &format!("grain_median_um = 50.0, thermal_tray = 0.0, {GRAINS_ONLY}"),
-    );
+    let fleet = one_machine("hp-mjf-4200", &format!("grain_median_um = 50.0, thermal_tray = 0.0, {GRAINS_ONLY}"));
     let again = mean_zero_crossing(&spec_for(fleet, 10, Mode::Microscope, px, (384, 384), 12));
     eprintln!("same grains, other seed: {again:.3} px");
-    assert!(
-        (again / zc[0] - 1.0).abs() < 0.04,
-        "same grains measure {again} and {} px",
-        zc[0]
-    );
+    assert!((again / zc[0] - 1.0).abs() < 0.04, "same grains measure {again} and {} px", zc[0]);
 }
 
 #[test]
 fn mjf_droplet_grid_is_in_the_microscope_spectrum() {
-    let fleet = one_machine(
-        "hp-mjf-4200",
-        "droplet_pitch_um = 21.17, droplet_contrast = 0.08",
-    );
+    let fleet = one_machine("hp-mjf-4200", "droplet_pitch_um = 21.17, droplet_contrast = 0.08");
     let spec = spec_for(fleet, 4, Mode::Microscope, 3.0, (512, 512), 2);
     for plan in &spec.plan() {
         let plane = prepared(&spec.render(plan), Mode::Microscope);
@@ -679,11 +509,7 @@ fn mjf_droplet_grid_is_in_the_microscope_spectrum() {
             peak.period(),
             100.0 * err
         );
-        assert!(
-            err.abs() < 0.01,
-            "droplet period {} px, configured {expected} px",
-            peak.period()
-        );
+        assert!(err.abs() < 0.01, "droplet period {} px, configured {expected} px", peak.period());
     }
 }
 
@@ -703,19 +529,11 @@ fn machine_period(spec: &DatasetSpec, plans: &[&PartPlan]) -> (f64, Vec<f64>) {
         let spectrum = fft2(&plane);
         match &spec.fleet.machines[plan.machine].params {
             ProcessParams::Fdm(p) => {
-                periods.push(
-                    measure_period(&plane, &spectrum, p.road_pitch_um / 10.6, 0.3, None).period(),
-                );
+                periods.push(measure_period(&plane, &spectrum, p.road_pitch_um / 10.6, 0.3, None).period());
             }
             ProcessParams::Dls(p) => {
                 let a = measure_period(&plane, &spectrum, p.pixel_pitch_um / 10.6, 0.2, None);
-                let b = measure_period(
-                    &plane,
-                    &spectrum,
-                    p.pixel_pitch_um / 10.6,
-                    0.2,
-                    Some((a.angle(), PI / 4.0)),
-                );
+                let b = measure_period(&plane, &spectrum, p.pixel_pitch_um / 10.6, 0.2, Some((a.angle(), PI / 4.0)));
                 periods.push(a.period().max(b.period()));
                 aspects.push(a.period().max(b.period()) / a.period().min(b.period()));
             }
@@ -731,18 +549,8 @@ fn units_of_one_model_differ_by_their_configured_pitch() {
     // by about 0.08 % (resin shrinkage, thermal history), so four parts a machine resolve it.
     let fleet = Fleet::paper(7);
     let pairs = [("M2-1", "M2-2"), ("S450-1", "S450-2")];
-    let names: Vec<String> = pairs
-        .iter()
-        .flat_map(|(a, b)| [a.to_string(), b.to_string()])
-        .collect();
-    let spec = spec_for(
-        fleet.select(&names).unwrap(),
-        21,
-        Mode::Scanner,
-        10.6,
-        (0, 0),
-        4,
-    );
+    let names: Vec<String> = pairs.iter().flat_map(|(a, b)| [a.to_string(), b.to_string()]).collect();
+    let spec = spec_for(fleet.select(&names).unwrap(), 21, Mode::Scanner, 10.6, (0, 0), 4);
     let plans = spec.plan();
     let configured = |name: &str| match params_of(&fleet, name) {
         ProcessParams::Fdm(p) => p.road_pitch_um,
@@ -755,10 +563,7 @@ fn units_of_one_model_differ_by_their_configured_pitch() {
         let (mb, asp_b) = machine_period(&spec, &plans_of(&plans, &spec, b));
         let (measured, expected) = (mb / ma, configured(b) / configured(a));
         eprintln!("{b}/{a}: measured pitch ratio {measured:.5}, configured {expected:.5}");
-        assert!(
-            (expected - 1.0).abs() > 2.5 * tolerance,
-            "{a} and {b} differ too little to test"
-        );
+        assert!((expected - 1.0).abs() > 2.5 * tolerance, "{a} and {b} differ too little to test");
         assert!(
             (measured / expected - 1.0).abs() < tolerance,
             "{b}/{a}: measured pitch ratio {measured}, configured {expected}"
@@ -770,10 +575,7 @@ fn units_of_one_model_differ_by_their_configured_pitch() {
                 let want = p.pitch_aspect.max(1.0 / p.pitch_aspect);
                 eprintln!("{name}: grid aspect measured {aspects:.5?}, configured {want:.5}");
                 for m in aspects {
-                    assert!(
-                        (m / want - 1.0).abs() < 0.0005,
-                        "{name}: grid aspect {m}, configured {want}"
-                    );
+                    assert!((m / want - 1.0).abs() < 0.0005, "{name}: grid aspect {m}, configured {want}");
                 }
             }
         }
@@ -788,25 +590,11 @@ fn units_of_one_model_differ_by_their_configured_pitch() {
 /// part, with the image axes along the part's (and so the platform's) axes.
 fn patch(n: usize, pixel_mm: f64) -> Grid {
     let half = (n as f64 - 1.0) / 2.0 * pixel_mm;
-    Grid {
-        width: n,
-        height: n,
-        origin: (-half, -half),
-        d_col: (pixel_mm, 0.0),
-        d_row: (0.0, pixel_mm),
-        pixel_mm,
-    }
+    Grid { width: n, height: n, origin: (-half, -half), d_col: (pixel_mm, 0.0), d_row: (0.0, pixel_mm), pixel_mm }
 }
 
 fn context(seed: u64, platform_xy_mm: (f64, f64), tray_r2: f64, half_diag: f64) -> PartContext {
-    PartContext {
-        seed,
-        machine_seed: 99,
-        build: 1,
-        platform_xy_mm,
-        tray_r2,
-        platform_half_diag_mm: half_diag,
-    }
+    PartContext { seed, machine_seed: 99, build: 1, platform_xy_mm, tray_r2, platform_half_diag_mm: half_diag }
 }
 
 /// The relief of the patch, zero-mean and Hann-windowed; also returns the window.
@@ -815,23 +603,10 @@ fn relief(params: &ProcessParams, part: &PartContext, grid: &Grid) -> (Plane, Ve
     params.render(part, grid, &mut s);
     let (w, h) = (grid.width, grid.height);
     let hann = |i: usize, n: usize| 0.5 - 0.5 * (2.0 * PI * (i as f64 + 0.5) / n as f64).cos();
-    let win: Vec<f64> = (0..h)
-        .flat_map(|y| (0..w).map(move |x| hann(x, w) * hann(y, h)))
-        .collect();
+    let win: Vec<f64> = (0..h).flat_map(|y| (0..w).map(move |x| hann(x, w) * hann(y, h))).collect();
     let sw: f64 = win.iter().sum();
-    let mean = s
-        .relief_um
-        .iter()
-        .zip(&win)
-        .map(|(&v, k)| f64::from(v) * k)
-        .sum::<f64>()
-        / sw;
-    let v = s
-        .relief_um
-        .iter()
-        .zip(&win)
-        .map(|(&v, k)| (f64::from(v) - mean) * k)
-        .collect();
+    let mean = s.relief_um.iter().zip(&win).map(|(&v, k)| f64::from(v) * k).sum::<f64>() / sw;
+    let v = s.relief_um.iter().zip(&win).map(|(&v, k)| (f64::from(v) - mean) * k).collect();
     (Plane { w, h, v }, win)
 }
 
@@ -839,38 +614,23 @@ fn relief(params: &ProcessParams, part: &PartContext, grid: &Grid) -> (Plane, Ve
 fn dls_cure_relief_falls_off_towards_the_platform_corner() {
     // The projector's dose falls off by tray_falloff towards the platform's corner, and the
     // cured pixels' relief with it. Illumination non-uniformity is switched off to isolate it.
-    let fleet = one_machine(
-        "carbon-m2",
-        "nonuniformity = 0.0, nonuniformity_growth_per_build = 0.0",
-    );
+    let fleet = one_machine("carbon-m2", "nonuniformity = 0.0, nonuniformity_growth_per_build = 0.0");
     let machine = &fleet.machines[0];
-    let ProcessParams::Dls(p) = &machine.params else {
-        unreachable!()
-    };
+    let ProcessParams::Dls(p) = &machine.params else { unreachable!() };
     let [pw, pd] = machine.platform_mm;
     let half_diag = 0.5 * pw.hypot(pd);
     let grid = patch(512, 0.01);
     let corner = (pw / 2.0 - 3.0, pd / 2.0 - 3.0);
     let mut amplitude = Vec::new();
     let mut predicted = Vec::new();
-    for (xy, r2) in [
-        ((0.0, 0.0), 0.0),
-        (
-            corner,
-            ((corner.0 * corner.0 + corner.1 * corner.1) / (half_diag * half_diag)).min(1.0),
-        ),
-    ] {
+    for (xy, r2) in
+        [((0.0, 0.0), 0.0), (corner, ((corner.0 * corner.0 + corner.1 * corner.1) / (half_diag * half_diag)).min(1.0))]
+    {
         let (plane, win) = relief(&machine.params, &context(5, xy, r2, half_diag), &grid);
         let spectrum = fft2(&plane);
         let expected = p.pixel_pitch_um / 10.0;
         let a = measure_period(&plane, &spectrum, expected, 0.2, None);
-        let b = measure_period(
-            &plane,
-            &spectrum,
-            expected,
-            0.2,
-            Some((a.angle(), PI / 4.0)),
-        );
+        let b = measure_period(&plane, &spectrum, expected, 0.2, Some((a.angle(), PI / 4.0)));
         amplitude.push((a.power + b.power).sqrt());
         // The dose factor the model applies, averaged over the patch as the window weighs it.
         let mut num = 0.0;
@@ -879,9 +639,7 @@ fn dls_cure_relief_falls_off_towards_the_platform_corner() {
                 let (x, y) = grid.part_xy(col, row);
                 let (qx, qy) = (x + xy.0, y + xy.1);
                 num += win[row * grid.width + col]
-                    * (1.0
-                        - p.tray_falloff
-                            * ((qx * qx + qy * qy) / (half_diag * half_diag)).min(1.0));
+                    * (1.0 - p.tray_falloff * ((qx * qx + qy * qy) / (half_diag * half_diag)).min(1.0));
             }
         }
         predicted.push(num / win.iter().sum::<f64>());
@@ -891,14 +649,8 @@ fn dls_cure_relief_falls_off_towards_the_platform_corner() {
         "DLS relief corner/centre: measured {measured:.4}, from tray_falloff {:.3}: {expected:.4}",
         p.tray_falloff
     );
-    assert!(
-        1.0 - expected > 0.05,
-        "the corner should lose a visible part of the dose"
-    );
-    assert!(
-        (measured - expected).abs() < 0.01,
-        "corner/centre relief {measured}, expected {expected}"
-    );
+    assert!(1.0 - expected > 0.05, "the corner should lose a visible part of the dose");
+    assert!((measured - expected).abs() < 0.01, "corner/centre relief {measured}, expected {expected}");
 }
 
 #[test]
@@ -907,14 +659,9 @@ fn sla_spot_grows_towards_the_platform_corner() {
     // width sigma at pitch p scales as sigma * exp(-2 pi^2 sigma^2 / p^2).
     // The laser's line-to-line power noise is switched off: lines at another platform position
     // have other powers, which moves the ripple's amplitude by a few percent.
-    let fleet = one_machine(
-        "formlabs-form3b",
-        "scan_angle_deg = 90.0, power_noise = 0.0",
-    );
+    let fleet = one_machine("formlabs-form3b", "scan_angle_deg = 90.0, power_noise = 0.0");
     let machine = &fleet.machines[0];
-    let ProcessParams::Sla(p) = &machine.params else {
-        unreachable!()
-    };
+    let ProcessParams::Sla(p) = &machine.params else { unreachable!() };
     let [pw, pd] = machine.platform_mm;
     let half_diag = 0.5 * pw.hypot(pd);
     let grid = patch(512, 0.01);
@@ -928,19 +675,13 @@ fn sla_spot_grows_towards_the_platform_corner() {
         let sigma = p.spot_at(1, r2) / 2.355;
         sigma * (-2.0 * PI * PI * sigma * sigma / (p.hatch_pitch_um * p.hatch_pitch_um)).exp()
     };
-    let (measured, expected) = (
-        amplitude[1] / amplitude[0],
-        fundamental(1.0) / fundamental(0.0),
-    );
+    let (measured, expected) = (amplitude[1] / amplitude[0], fundamental(1.0) / fundamental(0.0));
     eprintln!(
         "SLA hatch ripple corner/centre: measured {measured:.4}, from tray_falloff {:.3}: {expected:.4}",
         p.tray_falloff
     );
     assert!(1.0 - expected > 0.05);
-    assert!(
-        (measured - expected).abs() < 0.015,
-        "corner/centre hatch ripple {measured}, expected {expected}"
-    );
+    assert!((measured - expected).abs() < 0.015, "corner/centre hatch ripple {measured}, expected {expected}");
 }
 
 #[test]
@@ -948,22 +689,12 @@ fn mjf_grains_are_coarser_at_the_bed_centre() {
     use amfp::synth::imaging::capture;
     use amfp::synth::presets::material;
     use amfp::synth::seeds::rng_for;
-    let fleet = one_machine(
-        "hp-mjf-4200",
-        &format!("grain_median_um = 50.0, thermal_tray = 0.3, {GRAINS_ONLY}"),
-    );
+    let fleet = one_machine("hp-mjf-4200", &format!("grain_median_um = 50.0, thermal_tray = 0.3, {GRAINS_ONLY}"));
     let machine = &fleet.machines[0];
-    let ProcessParams::Mjf(p) = &machine.params else {
-        unreachable!()
-    };
+    let ProcessParams::Mjf(p) = &machine.params else { unreachable!() };
     let [pw, pd] = machine.platform_mm;
     let half_diag = 0.5 * pw.hypot(pd);
-    let imaging = ImagingSpec {
-        mode: Mode::Microscope,
-        pixel_um: 3.0,
-        microscope_px: (384, 384),
-        bit_depth: 16,
-    };
+    let imaging = ImagingSpec { mode: Mode::Microscope, pixel_um: 3.0, microscope_px: (384, 384), bit_depth: 16 };
     let pa12 = material("PA12").unwrap();
     let mut zc = Vec::new();
     for (xy, r2) in [((0.0, 0.0), 0.0), ((pw / 2.0 - 8.0, pd / 2.0 - 8.0), 1.0)] {
@@ -971,30 +702,17 @@ fn mjf_grains_are_coarser_at_the_bed_centre() {
         let mean = (0..n)
             .map(|seed| {
                 let part = context(1000 + seed, xy, r2, half_diag);
-                let scan = capture(
-                    &machine.params,
-                    pa12,
-                    Design::Plug,
-                    &part,
-                    &imaging,
-                    &mut rng_for(&[seed, 1]),
-                );
+                let scan = capture(&machine.params, pa12, Design::Plug, &part, &imaging, &mut rng_for(&[seed, 1]));
                 correlation_zero_crossing(&scan)
             })
             .sum::<f64>()
             / n as f64;
         zc.push(mean);
     }
-    let (measured, configured) = (
-        zc[0] / zc[1],
-        p.grain_median_at(0.0) / p.grain_median_at(1.0),
-    );
+    let (measured, configured) = (zc[0] / zc[1], p.grain_median_at(0.0) / p.grain_median_at(1.0));
     eprintln!("MJF grain scale centre/corner: measured {measured:.3}, configured {configured:.3}");
     assert!((configured - 1.3).abs() < 1e-9);
     // Calibrated as in mjf_grain_size_tracks_grain_median: the microscope's blur makes the
     // measured ratio of a 30 % change a little smaller.
-    assert!(
-        (1.2..1.36).contains(&measured),
-        "centre/corner grain scale {measured}, configured {configured}"
-    );
+    assert!((1.2..1.36).contains(&measured), "centre/corner grain scale {measured}, configured {configured}");
 }

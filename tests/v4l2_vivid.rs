@@ -61,7 +61,12 @@ fn main() {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -89,7 +94,11 @@ fn kernel(work: &Path) -> (PathBuf, PathBuf, String) {
         let _ = std::fs::remove_dir_all(&dl);
         std::fs::create_dir_all(&dl).unwrap();
         run(Command::new("apt-get").args(["download", &package]).current_dir(&dl));
-        let deb = std::fs::read_dir(&dl).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "deb")).unwrap();
+        let deb = std::fs::read_dir(&dl)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .unwrap();
         let tmp = work.join("kernel-tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         run(Command::new("dpkg").arg("-x").arg(&deb).arg(&tmp));
@@ -192,10 +201,15 @@ poweroff -f
 "#
     );
     std::fs::write(root.join("init"), init).unwrap();
-    run(Command::new("chmod").args(["755", "init", "bin/busybox", "amfp", "v4l2_vivid", "usr/bin/v4l2-ctl"]).current_dir(&root));
+    run(Command::new("chmod")
+        .args(["755", "init", "bin/busybox", "amfp", "v4l2_vivid", "usr/bin/v4l2-ctl"])
+        .current_dir(&root));
     let cpio = work.join("initrd.cpio");
     need("cpio", "cpio");
-    run(Command::new("sh").arg("-c").arg(format!("find . | cpio -o -H newc --quiet > {}", cpio.display())).current_dir(&root));
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("find . | cpio -o -H newc --quiet > {}", cpio.display()))
+        .current_dir(&root));
     cpio
 }
 
@@ -247,7 +261,11 @@ fn vivid_vm_real_v4l2() {
         .unwrap();
     let log = String::from_utf8_lossy(&std::fs::read(&log_path).unwrap()).into_owned();
     let tail: String = log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-    let ctx = format!("VM ran {:.0} s, {status}; serial log {} ends:\n{tail}", t0.elapsed().as_secs_f64(), log_path.display());
+    let ctx = format!(
+        "VM ran {:.0} s, {status}; serial log {} ends:\n{tail}",
+        t0.elapsed().as_secs_f64(),
+        log_path.display()
+    );
     assert!(log.contains("AMFP-DONE"), "the VM did not finish. {ctx}");
     println!("VM boot to power-off: {:.0} s", t0.elapsed().as_secs_f64());
 
@@ -256,15 +274,21 @@ fn vivid_vm_real_v4l2() {
     // 1. The camera list.
     let (cameras, rc) = block(&log, "cameras");
     assert_eq!(rc, Some(0), "amfp cameras failed. {ctx}");
-    let cameras: Vec<serde_json::Value> = cameras.iter().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
-    let video0 = cameras.iter().find(|c| c["path"] == "/dev/video0").unwrap_or_else(|| panic!("no /dev/video0 listed: {cameras:?}"));
+    let cameras: Vec<serde_json::Value> =
+        cameras.iter().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let video0 = cameras
+        .iter()
+        .find(|c| c["path"] == "/dev/video0")
+        .unwrap_or_else(|| panic!("no /dev/video0 listed: {cameras:?}"));
     assert_eq!(video0["driver"], "vivid");
     assert_eq!(video0["capture"], true);
-    let formats: Vec<&str> = video0["formats"].as_array().unwrap().iter().map(|f| f["fourcc"].as_str().unwrap()).collect();
+    let formats: Vec<&str> =
+        video0["formats"].as_array().unwrap().iter().map(|f| f["fourcc"].as_str().unwrap()).collect();
     for f in ["GREY", "Y16", "YUYV"] {
         assert!(formats.contains(&f), "vivid offers {f}: {formats:?}");
     }
-    let controls: Vec<&str> = video0["controls"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let controls: Vec<&str> =
+        video0["controls"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert!(controls.contains(&"loop_video") && controls.contains(&"gain"), "{controls:?}");
     let video1 = cameras.iter().find(|c| c["path"] == "/dev/video1").expect("the output node is listed");
     assert_eq!(video1["capture"], false, "the output node is no camera");

@@ -38,7 +38,10 @@ fn simulate(out: &Path, machines: &[String], parts: u32, extra: &[&str]) -> Vec<
     let mut by_serial: BTreeMap<String, Part> = BTreeMap::new();
     for row in labels.deserialize::<BTreeMap<String, String>>() {
         let row = row.unwrap();
-        by_serial.insert(row["serial"].clone(), Part { machine: row["machine"].clone(), frames: vec![out.join(&row["file"])] });
+        by_serial.insert(
+            row["serial"].clone(),
+            Part { machine: row["machine"].clone(), frames: vec![out.join(&row["file"])] },
+        );
     }
     if out.join("views.csv").exists() {
         for part in by_serial.values_mut() {
@@ -101,9 +104,12 @@ fn three_microscope_frames_of_a_part_vote_together_at_scanner_accuracy() {
         assert!(views.iter().all(|v| v.get("reason").is_none()), "{r}");
         together.push(r);
     }
-    let (single, together, scanner) = (accuracy(&microscope, &single), accuracy(&microscope, &together), accuracy(&scans, &scanned));
+    let (single, together, scanner) =
+        (accuracy(&microscope, &single), accuracy(&microscope, &together), accuracy(&scans, &scanned));
     let n = microscope.len() as f64;
-    println!("machine accuracy over {n} parts: microscope 1 frame {single:.3}, 3 frames {together:.3}; scanner {scanner:.3}");
+    println!(
+        "machine accuracy over {n} parts: microscope 1 frame {single:.3}, 3 frames {together:.3}; scanner {scanner:.3}"
+    );
     assert!(together >= single, "three frames {together:.3} must do at least as well as one {single:.3}");
     let se = (scanner.max(0.5) * (1.0 - scanner).max(0.04) / n).sqrt();
     assert!(together >= scanner - 2.0 * se, "3 microscope frames {together:.3} vs scanner {scanner:.3} (se {se:.3})");
@@ -115,7 +121,12 @@ fn three_microscope_frames_of_a_part_vote_together_at_scanner_accuracy() {
 #[test]
 fn unusable_frames_are_left_out_and_named() {
     let dir = tempfile::tempdir().unwrap();
-    let parts = simulate(&dir.path().join("m"), &["M2-1".to_string()], 1, &["--mode", "microscope", "--pixel-um", "5.3", "--views", "2"]);
+    let parts = simulate(
+        &dir.path().join("m"),
+        &["M2-1".to_string()],
+        1,
+        &["--mode", "microscope", "--pixel-um", "5.3", "--views", "2"],
+    );
     let black = dir.path().join("black.png");
     image::GrayImage::new(1280, 960).save(&black).unwrap();
     let frames = [parts[0].frames[0].as_path(), black.as_path(), parts[0].frames[1].as_path()];
@@ -131,7 +142,11 @@ fn unusable_frames_are_left_out_and_named() {
     assert!(reason.contains("blank image"), "{reason}");
 
     // For people: every frame on its own line, the black one marked.
-    let out = amfp().args(["identify", "--early-stop", "off", "--same-part", "--pixel-um", "5.3"]).args(frames).output().unwrap();
+    let out = amfp()
+        .args(["identify", "--early-stop", "off", "--same-part", "--pixel-um", "5.3"])
+        .args(frames)
+        .output()
+        .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("and 2 more frames of the same part") && text.contains("LEFT OUT"), "{text}");
 
@@ -152,16 +167,27 @@ fn unusable_frames_are_left_out_and_named() {
     let (alone, _) = identify_json(&args, &frames[..1]);
     let (plain, _) = identify_json(&args[..2].iter().chain(&args[3..]).copied().collect::<Vec<_>>(), &frames[..1]);
     assert!(alone[0].get("views").is_none(), "{}", alone[0]);
-    assert_eq!((&alone[0]["label"], &alone[0]["score"], &alone[0]["top"]), (&plain[0]["label"], &plain[0]["score"], &plain[0]["top"]));
+    assert_eq!(
+        (&alone[0]["label"], &alone[0]["score"], &alone[0]["top"]),
+        (&plain[0]["label"], &plain[0]["score"], &plain[0]["top"])
+    );
 }
 
 /// `--views` needs microscope mode; out-of-range counts are refused with the fix.
 #[test]
 fn synth_views_are_checked() {
     let dir = tempfile::tempdir().unwrap();
-    let out = amfp().args(["synth", "--views", "3", "--parts-per-machine", "1", "--machines", "M2-1", "--out"]).arg(dir.path()).output().unwrap();
+    let out = amfp()
+        .args(["synth", "--views", "3", "--parts-per-machine", "1", "--machines", "M2-1", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --mode microscope"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs --mode microscope"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = amfp().args(["synth", "--mode", "microscope", "--views", "0", "--out"]).arg(dir.path()).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be 1..=64"));
 }

@@ -93,8 +93,9 @@ impl Conveyor {
     /// The view with the part's left edge at `x` (None: empty stage).
     fn compose(&mut self, part: Option<(&Frame, i64)>) -> Frame {
         let (w, h) = self.view.expect("the view is set by the first part");
-        let mut pixels: Vec<f32> =
-            (0..w as usize * h as usize).map(|_| (self.background + self.noise.random_range(-0.01f32..0.01)).clamp(0.0, 1.0)).collect();
+        let mut pixels: Vec<f32> = (0..w as usize * h as usize)
+            .map(|_| (self.background + self.noise.random_range(-0.01f32..0.01)).clamp(0.0, 1.0))
+            .collect();
         if let Some((scan, x0)) = part {
             let y0 = (i64::from(h) - i64::from(scan.height)) / 2;
             for sy in 0..scan.height as i64 {
@@ -118,7 +119,11 @@ impl Conveyor {
 
 impl FrameSource for Conveyor {
     fn describe(&self) -> SourceInfo {
-        SourceInfo { kind: "conveyor".into(), name: format!("simulated line: {}", self.parts.describe().name), frame: None }
+        SourceInfo {
+            kind: "conveyor".into(),
+            name: format!("simulated line: {}", self.parts.describe().name),
+            frame: None,
+        }
     }
 
     fn is_live(&self) -> bool {
@@ -154,7 +159,11 @@ impl FrameSource for Conveyor {
                 let x = match p.t {
                     t if t < MOVE_FRAMES => rest_x - width + step * i64::from(t),
                     t if t < MOVE_FRAMES + REST_FRAMES => rest_x,
-                    t => rest_x + (i64::from(w) - rest_x) * i64::from(t + 1 - MOVE_FRAMES - REST_FRAMES) / i64::from(MOVE_FRAMES),
+                    t => {
+                        rest_x
+                            + (i64::from(w) - rest_x) * i64::from(t + 1 - MOVE_FRAMES - REST_FRAMES)
+                                / i64::from(MOVE_FRAMES)
+                    }
                 };
                 let frame = self.compose(Some((&p.scan, x)));
                 let name = p.name.clone();

@@ -82,28 +82,16 @@ impl WatchedDirectory {
     fn list(&mut self, now: Instant) -> Result<(), CaptureError> {
         let entries = std::fs::read_dir(&self.dir)
             .map_err(|e| CaptureError::Lost(format!("cannot list {}: {e}", self.dir.display())))?;
-        let in_flight = self
-            .in_flight
-            .lock()
-            .expect("in-flight set poisoned")
-            .clone();
+        let in_flight = self.in_flight.lock().expect("in-flight set poisoned").clone();
         let mut present = HashSet::new();
         for entry in entries.flatten() {
             let path = entry.path();
             let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_file()
-                || !is_candidate(&path)
-                || in_flight.contains(&path)
-                || self.ready.contains(&path)
-            {
+            if !meta.is_file() || !is_candidate(&path) || in_flight.contains(&path) || self.ready.contains(&path) {
                 continue;
             }
             present.insert(path.clone());
-            let now_seen = Seen {
-                len: meta.len(),
-                modified: meta.modified().ok(),
-                since: now,
-            };
+            let now_seen = Seen { len: meta.len(), modified: meta.modified().ok(), since: now };
             match self.pending.get(&path) {
                 Some(s) if s.len == now_seen.len && s.modified == now_seen.modified => {
                     if now.duration_since(s.since) >= self.settle {
@@ -126,27 +114,17 @@ impl WatchedDirectory {
         let start = Instant::now();
         match read_frame(&path) {
             Ok(frame) => {
-                self.in_flight
-                    .lock()
-                    .expect("in-flight set poisoned")
-                    .insert(path.clone());
+                self.in_flight.lock().expect("in-flight set poisoned").insert(path.clone());
                 let in_flight = self.in_flight.clone();
                 let done_dir = self.dir.join(DONE_DIR);
                 let name = path.display().to_string();
                 Ok(Grab::Frame(Captured {
                     frame,
-                    source: SourceInfo {
-                        kind: "directory".into(),
-                        name,
-                        frame: None,
-                    },
+                    source: SourceInfo { kind: "directory".into(), name, frame: None },
                     capture_ms: elapsed_ms(start),
                     on_done: Some(Box::new(move |_| {
                         let moved = move_into(&path, &done_dir);
-                        in_flight
-                            .lock()
-                            .expect("in-flight set poisoned")
-                            .remove(&path);
+                        in_flight.lock().expect("in-flight set poisoned").remove(&path);
                         moved.map(|_| ())
                     })),
                 }))
@@ -171,11 +149,7 @@ impl WatchedDirectory {
 
 impl FrameSource for WatchedDirectory {
     fn describe(&self) -> SourceInfo {
-        SourceInfo {
-            kind: "directory".into(),
-            name: self.dir.display().to_string(),
-            frame: None,
-        }
+        SourceInfo { kind: "directory".into(), name: self.dir.display().to_string(), frame: None }
     }
 
     fn is_live(&self) -> bool {
@@ -189,10 +163,7 @@ impl FrameSource for WatchedDirectory {
                 return self.take(path);
             }
             let now = Instant::now();
-            if self
-                .last_listing
-                .is_none_or(|t| now.duration_since(t) >= self.poll)
-            {
+            if self.last_listing.is_none_or(|t| now.duration_since(t) >= self.poll) {
                 self.last_listing = Some(now);
                 self.list(now)?;
                 if !self.ready.is_empty() {
@@ -204,12 +175,7 @@ impl FrameSource for WatchedDirectory {
                 return Ok(Grab::Idle);
             }
             let next_listing = self.last_listing.map_or(now, |t| t + self.poll);
-            std::thread::sleep(
-                next_listing
-                    .min(deadline)
-                    .saturating_duration_since(now)
-                    .max(Duration::from_millis(1)),
-            );
+            std::thread::sleep(next_listing.min(deadline).saturating_duration_since(now).max(Duration::from_millis(1)));
         }
     }
 }
@@ -222,28 +188,17 @@ pub(crate) fn is_candidate(path: &Path) -> bool {
     if name.starts_with('.') || name.ends_with('~') {
         return false;
     }
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
 }
 
 /// Moves `path` into `dir`, adding `-1`, `-2`... before the extension if the name is taken.
 /// Returns where it went.
 fn move_into(path: &Path, dir: &Path) -> std::io::Result<PathBuf> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("no file name"))?;
+    let name = path.file_name().ok_or_else(|| std::io::Error::other("no file name"))?;
     let mut to = dir.join(name);
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let ext = path
-        .extension()
-        .map(|e| format!(".{}", e.to_string_lossy()))
-        .unwrap_or_default();
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
     let mut n = 1;
     while to.exists() {
         to = dir.join(format!("{stem}-{n}{ext}"));
@@ -263,14 +218,7 @@ mod tests {
         for name in ["a.png", "b.JPG", "c.tiff", "d.jpeg"] {
             assert!(is_candidate(Path::new(name)), "{name}");
         }
-        for name in [
-            ".a.png",
-            "a.png.part",
-            "a.png~",
-            "a.tmp",
-            "notes.txt",
-            "noext",
-        ] {
+        for name in [".a.png", "a.png.part", "a.png~", "a.tmp", "notes.txt", "noext"] {
             assert!(!is_candidate(Path::new(name)), "{name}");
         }
     }
@@ -280,8 +228,7 @@ mod tests {
     #[test]
     fn a_file_is_taken_only_once_it_has_settled() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w =
-            WatchedDirectory::open(dir.path(), Duration::from_secs(1), Duration::ZERO).unwrap();
+        let mut w = WatchedDirectory::open(dir.path(), Duration::from_secs(1), Duration::ZERO).unwrap();
         let file = dir.path().join("a.png");
         std::fs::write(&file, b"first half").unwrap();
         let t0 = Instant::now();
@@ -289,12 +236,7 @@ mod tests {
         w.list(at(0)).unwrap();
         w.list(at(500)).unwrap();
         assert!(w.ready.is_empty(), "not settled yet");
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&file)
-            .unwrap()
-            .write_all(b" and the rest")
-            .unwrap();
+        std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(b" and the rest").unwrap();
         w.list(at(1200)).unwrap();
         assert!(w.ready.is_empty(), "it grew: the settling starts again");
         w.list(at(2000)).unwrap();

@@ -85,7 +85,14 @@ pub fn to_frame(format: PixelFormat, bytes: &[u8], width: u32, height: u32, stri
     let stride = if stride == 0 { w * bytes_per_px } else { stride as usize };
     let needed = if h == 0 { 0 } else { stride * (h - 1) + w * bytes_per_px };
     if bytes.len() < needed || stride < w * bytes_per_px {
-        return Err(PixelError::Short { format: format.name(), width, height, stride: stride as u32, needed, got: bytes.len() });
+        return Err(PixelError::Short {
+            format: format.name(),
+            width,
+            height,
+            stride: stride as u32,
+            needed,
+            got: bytes.len(),
+        });
     }
     let mut pixels = Vec::with_capacity(w * h);
     for row in 0..h {
@@ -93,9 +100,8 @@ pub fn to_frame(format: PixelFormat, bytes: &[u8], width: u32, height: u32, stri
         match format {
             PixelFormat::Grey => pixels.extend(line.iter().map(|&v| f32::from(v) * (1.0 / 255.0))),
             PixelFormat::Yuyv => pixels.extend(line.chunks_exact(2).map(|p| f32::from(p[0]) * (1.0 / 255.0))),
-            PixelFormat::Y16 => {
-                pixels.extend(line.chunks_exact(2).map(|p| f32::from(u16::from_le_bytes([p[0], p[1]])) * (1.0 / 65535.0)))
-            }
+            PixelFormat::Y16 => pixels
+                .extend(line.chunks_exact(2).map(|p| f32::from(u16::from_le_bytes([p[0], p[1]])) * (1.0 / 65535.0))),
             PixelFormat::Mjpg => unreachable!("decoded above"),
         }
     }

@@ -72,7 +72,11 @@ impl SynthSource {
 
 impl FrameSource for SynthSource {
     fn describe(&self) -> SourceInfo {
-        SourceInfo { kind: "synth".into(), name: format!("simulated fleet of {} machines, seed {}", self.fleet.machines.len(), self.seed), frame: None }
+        SourceInfo {
+            kind: "synth".into(),
+            name: format!("simulated fleet of {} machines, seed {}", self.fleet.machines.len(), self.seed),
+            frame: None,
+        }
     }
 
     fn is_live(&self) -> bool {
@@ -101,7 +105,11 @@ impl FrameSource for SynthSource {
         Ok(Grab::Frame(Captured {
             frame,
             // The true machine is in the name, so a demo shows whether the verdict is right.
-            source: SourceInfo { kind: "synth".into(), name: format!("{} {} (made by {})", r.serial, r.design, r.machine), frame: Some(self.produced) },
+            source: SourceInfo {
+                kind: "synth".into(),
+                name: format!("{} {} (made by {})", r.serial, r.design, r.machine),
+                frame: Some(self.produced),
+            },
             capture_ms: elapsed_ms(start),
             on_done: None,
         }))

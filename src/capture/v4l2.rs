@@ -69,7 +69,9 @@ pub struct V4l2Source {
 enum State {
     Open(Box<Camera>),
     /// Not open; the next attempt is due at this instant.
-    Lost { retry_at: Instant },
+    Lost {
+        retry_at: Instant,
+    },
 }
 
 impl std::fmt::Debug for V4l2Source {
@@ -222,7 +224,12 @@ impl FrameSource for V4l2Source {
                 self.frames += 1;
                 let mut source = self.describe();
                 source.frame = Some(self.frames);
-                Ok(Grab::Frame(Captured { frame, source, capture_ms: crate::identify::elapsed_ms(start), on_done: None }))
+                Ok(Grab::Frame(Captured {
+                    frame,
+                    source,
+                    capture_ms: crate::identify::elapsed_ms(start),
+                    on_done: None,
+                }))
             }
             Ok(None) if camera.last_frame.elapsed() > STALL => {
                 let reason = format!("no frame for {} s", STALL.as_secs());
@@ -246,12 +253,8 @@ impl Camera {
                 caps.card, caps.driver
             )));
         }
-        let offered: Vec<String> = device
-            .enum_formats()
-            .map_err(|e| open_error(&shown, &e))?
-            .iter()
-            .map(|d| fourcc_name(&d.fourcc))
-            .collect();
+        let offered: Vec<String> =
+            device.enum_formats().map_err(|e| open_error(&shown, &e))?.iter().map(|d| fourcc_name(&d.fourcc)).collect();
         let format = s
             .formats
             .iter()
@@ -269,9 +272,8 @@ impl Camera {
         let (width, height) = match (s.width, s.height) {
             (Some(w), Some(h)) => (w, h),
             (w, h) => {
-                let (lw, lh) = largest_size(&device, fourcc).unwrap_or_else(|| {
-                    device.format().map(|f| (f.width, f.height)).unwrap_or((640, 480))
-                });
+                let (lw, lh) = largest_size(&device, fourcc)
+                    .unwrap_or_else(|| device.format().map(|f| (f.width, f.height)).unwrap_or((640, 480)));
                 (w.unwrap_or(lw), h.unwrap_or(lh))
             }
         };
@@ -309,7 +311,8 @@ impl Camera {
             log::warn!("camera {shown}: asked for {want} fps, the camera runs at {have:.2} fps");
         }
         apply_controls(&device, s, &shown)?;
-        let mut stream = MmapStream::with_buffers(&device, BufType::VideoCapture, BUFFERS).map_err(|e| open_error(&shown, &e))?;
+        let mut stream =
+            MmapStream::with_buffers(&device, BufType::VideoCapture, BUFFERS).map_err(|e| open_error(&shown, &e))?;
         // Start streaming and take the first frame now, so that a camera that cannot stream
         // fails here. (v4l's `next` re-queues the buffer it returned last at the next call, so
         // after a timeout inside `next` its bookkeeping is off: later calls to `next` are only
@@ -391,7 +394,9 @@ fn open_error(shown: &str, e: &io::Error) -> OpenError {
         Some(libc::EACCES | libc::EPERM) => OpenError::Unusable(format!(
             "cannot open camera {shown}: {e}; run amfp as a member of group video (the packaged service is)"
         )),
-        Some(libc::EBUSY) => OpenError::Absent(format!("camera {shown} is busy ({e}): another program is streaming from it")),
+        Some(libc::EBUSY) => {
+            OpenError::Absent(format!("camera {shown} is busy ({e}): another program is streaming from it"))
+        }
         _ => OpenError::Unusable(format!("camera {shown}: {e}")),
     }
 }
@@ -509,7 +514,7 @@ fn c_string(bytes: &[u8]) -> String {
 /// Every control of the device (VIDIOC_QUERYCTRL with NEXT_CTRL), read defensively: a driver's
 /// odd control types or names never stop the listing.
 fn query_controls(device: &Device) -> Vec<ControlInfo> {
-    use v4l::v4l_sys::{v4l2_querymenu, v4l2_queryctrl};
+    use v4l::v4l_sys::{v4l2_queryctrl, v4l2_querymenu};
     let fd = device.handle().fd();
     let mut out = Vec::new();
     let mut id = 0u32;
@@ -543,17 +548,25 @@ fn query_controls(device: &Device) -> Vec<ControlInfo> {
                 m.id = q.id;
                 m.index = index as u32;
                 // SAFETY: as above.
-                if unsafe { v4l::v4l2::ioctl(fd, v4l::v4l2::vidioc::VIDIOC_QUERYMENU, &mut m as *mut _ as *mut _) }.is_ok() {
+                if unsafe { v4l::v4l2::ioctl(fd, v4l::v4l2::vidioc::VIDIOC_QUERYMENU, &mut m as *mut _ as *mut _) }
+                    .is_ok()
+                {
                     // SAFETY: the union holds a name for menus and a value for integer menus.
                     let name = unsafe {
-                        if q.type_ == 3 { c_string(&{ m.__bindgen_anon_1.name }) } else { { m.__bindgen_anon_1.value }.to_string() }
+                        if q.type_ == 3 {
+                            c_string(&{ m.__bindgen_anon_1.name })
+                        } else {
+                            { m.__bindgen_anon_1.value }.to_string()
+                        }
                     };
                     menu.push((i64::from(index), name));
                 }
             }
         }
         let mut flags = Vec::new();
-        for (bit, name) in [(CTRL_FLAG_DISABLED, "disabled"), (CTRL_FLAG_READ_ONLY, "read-only"), (CTRL_FLAG_INACTIVE, "inactive")] {
+        for (bit, name) in
+            [(CTRL_FLAG_DISABLED, "disabled"), (CTRL_FLAG_READ_ONLY, "read-only"), (CTRL_FLAG_INACTIVE, "inactive")]
+        {
             if q.flags & bit != 0 {
                 flags.push(name);
             }
@@ -610,7 +623,9 @@ fn apply_controls(device: &Device, s: &CameraSettings, shown: &str) -> Result<()
         }
         set_control(device, c.id, value).map_err(|e| match open_error(shown, &e) {
             OpenError::Absent(m) => OpenError::Absent(m),
-            OpenError::Unusable(_) => OpenError::Unusable(format!("camera {shown}: cannot set {} to {value} ({key}): {e}", c.name)),
+            OpenError::Unusable(_) => {
+                OpenError::Unusable(format!("camera {shown}: cannot set {} to {value} ({key}): {e}", c.name))
+            }
         })?;
         match get_control(device, c.id) {
             Ok(v) if v != value => log::warn!("camera {shown}: {} is {v}, not {value} as {key} asks", c.name),
@@ -636,21 +651,34 @@ fn apply_controls(device: &Device, s: &CameraSettings, shown: &str) -> Result<()
         }
     }
     let fixed = [
-        ("camera.exposure_us", CID_EXPOSURE_ABSOLUTE, s.exposure_us.map(|us| (i64::from(us) + 50) / 100), "an exposure time control"),
+        (
+            "camera.exposure_us",
+            CID_EXPOSURE_ABSOLUTE,
+            s.exposure_us.map(|us| (i64::from(us) + 50) / 100),
+            "an exposure time control",
+        ),
         ("camera.gain", CID_GAIN, s.gain, "a gain control"),
         ("camera.focus", CID_FOCUS_ABSOLUTE, s.focus, "a focus control"),
-        ("camera.white_balance_k", CID_WHITE_BALANCE_TEMPERATURE, s.white_balance_k.map(i64::from), "a white balance temperature control"),
+        (
+            "camera.white_balance_k",
+            CID_WHITE_BALANCE_TEMPERATURE,
+            s.white_balance_k.map(i64::from),
+            "a white balance temperature control",
+        ),
     ];
     for (key, id, value, what) in fixed {
         let Some(value) = value else { continue };
-        let c = by_id
-            .get(&id)
-            .ok_or_else(|| OpenError::Unusable(format!("camera {shown} has no {what}; remove {key}")))?;
+        let c =
+            by_id.get(&id).ok_or_else(|| OpenError::Unusable(format!("camera {shown} has no {what}; remove {key}")))?;
         set(c, value, key)?;
     }
     for (name, &value) in &s.controls {
         let c = controls.iter().find(|c| &c.name == name).ok_or_else(|| {
-            let names: Vec<&str> = controls.iter().filter(|c| CTRL_TYPES_INTEGER.contains(&kind_code(c.kind))).map(|c| c.name.as_str()).collect();
+            let names: Vec<&str> = controls
+                .iter()
+                .filter(|c| CTRL_TYPES_INTEGER.contains(&kind_code(c.kind)))
+                .map(|c| c.name.as_str())
+                .collect();
             OpenError::Unusable(format!(
                 "camera.controls.{name}: camera {shown} has no such control; it has {}",
                 names.join(", ")
@@ -711,7 +739,11 @@ pub fn list_cameras() -> Vec<CameraInfo> {
         })
         .unwrap_or_default();
     paths.sort_by_key(|p| {
-        let n = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("video")).and_then(|n| n.parse::<u32>().ok());
+        let n = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("video"))
+            .and_then(|n| n.parse::<u32>().ok());
         (n.unwrap_or(u32::MAX), p.clone())
     });
     paths.iter().map(|p| describe_camera(p)).collect()
@@ -746,7 +778,8 @@ pub fn describe_camera(path: &Path) -> CameraInfo {
     info.card = caps.card;
     info.driver = caps.driver;
     info.bus = caps.bus;
-    info.capture = caps.capabilities.contains(CapFlags::VIDEO_CAPTURE) && caps.capabilities.contains(CapFlags::STREAMING);
+    info.capture =
+        caps.capabilities.contains(CapFlags::VIDEO_CAPTURE) && caps.capabilities.contains(CapFlags::STREAMING);
     if !info.capture {
         return info;
     }
@@ -756,7 +789,12 @@ pub fn describe_camera(path: &Path) -> CameraInfo {
         .into_iter()
         .map(|d| {
             let fourcc = fourcc_name(&d.fourcc);
-            FormatInfo { usable: PixelFormat::from_name(&fourcc).is_some(), sizes: sizes(&device, d.fourcc), fourcc, description: d.description }
+            FormatInfo {
+                usable: PixelFormat::from_name(&fourcc).is_some(),
+                sizes: sizes(&device, d.fourcc),
+                fourcc,
+                description: d.description,
+            }
         })
         .collect();
     info.controls = query_controls(&device);

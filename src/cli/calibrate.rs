@@ -102,8 +102,9 @@ pub fn write_pixel_um(path: &Path, um: f64) -> Result<(), String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    let mut doc: toml_edit::DocumentMut =
-        text.parse().map_err(|e| format!("{} is not valid TOML ({e}); fix it or write to a new file", path.display()))?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e| format!("{} is not valid TOML ({e}); fix it or write to a new file", path.display()))?;
     if !doc.contains_key("camera") {
         doc["camera"] = toml_edit::table();
     }
@@ -118,7 +119,10 @@ pub fn write_pixel_um(path: &Path, um: f64) -> Result<(), String> {
     std::fs::write(&tmp, out.as_bytes()).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     if let Err(e) = crate::config::load(Some(&tmp)) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(format!("{} would not be a valid configuration with camera.pixel_um = {value}:\n{e}", path.display()));
+        return Err(format!(
+            "{} would not be a valid configuration with camera.pixel_um = {value}:\n{e}",
+            path.display()
+        ));
     }
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);

@@ -64,7 +64,13 @@ fn text(c: &CameraInfo, settings: &Settings) -> String {
         for f in &c.formats {
             let sizes: Vec<String> = f.sizes.iter().map(ToString::to_string).collect();
             let usable = if f.usable { "" } else { " [amfp does not read it]" };
-            let _ = writeln!(s, "    {:<5} {}{usable}: {}", f.fourcc, f.description, if sizes.is_empty() { "sizes not listed".into() } else { sizes.join(", ") });
+            let _ = writeln!(
+                s,
+                "    {:<5} {}{usable}: {}",
+                f.fourcc,
+                f.description,
+                if sizes.is_empty() { "sizes not listed".into() } else { sizes.join(", ") }
+            );
         }
     }
     if !c.controls.is_empty() {
@@ -77,7 +83,11 @@ fn text(c: &CameraInfo, settings: &Settings) -> String {
             } else {
                 format!(" ({})", k.menu.iter().map(|(v, n)| format!("{v}: {n}")).collect::<Vec<_>>().join(", "))
             };
-            let _ = writeln!(s, "    {:<32} {:<7} {} to {}, step {}, default {}{value}{flags}{menu}", k.name, k.kind, k.min, k.max, k.step, k.default);
+            let _ = writeln!(
+                s,
+                "    {:<32} {:<7} {} to {}, step {}, default {}{value}{flags}{menu}",
+                k.name, k.kind, k.min, k.max, k.step, k.default
+            );
         }
     }
     s

@@ -17,9 +17,7 @@ use serde_json::json;
 use crate::capture::file::read_frame;
 use crate::config::{GalleryChoice, Settings};
 use crate::gallery::{self, Document, Gallery, NewMachine, PartEmbedding, Refused};
-use crate::identify::{
-    Identifier, IdentifyOptions, Inspection, load_models, model_paths, resolve_pixel_size,
-};
+use crate::identify::{Identifier, IdentifyOptions, Inspection, load_models, model_paths, resolve_pixel_size};
 use crate::model::LoadOptions;
 use crate::result::{SourceInfo, Verdict};
 use crate::vote::StopRule;
@@ -92,18 +90,14 @@ pub fn gallery_path(settings: &Settings, model: &Path, flag: Option<&Path>) -> R
         (None, GalleryChoice::Path(p)) => Ok(p.clone()),
         (None, GalleryChoice::Auto) => Ok(gallery::beside(model)),
         (None, GalleryChoice::Off) => {
-            bail!(
-                "model.gallery is \"off\" in the configuration: name the gallery with --gallery PATH"
-            )
+            bail!("model.gallery is \"off\" in the configuration: name the gallery with --gallery PATH")
         }
     }
 }
 
 /// Who makes a change, by default: `user@host`.
 pub fn default_by() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
     format!("{user}@{}", crate::identify::host_name())
 }
 
@@ -115,9 +109,7 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
     if let Some(um) = args.pixel_um
         && !(um.is_finite() && um > 0.0 && um <= 1000.0)
     {
-        bail!(
-            "--pixel-um {um} is not a pixel size; expected a positive number of µm, at most 1000"
-        );
+        bail!("--pixel-um {um} is not a pixel size; expected a positive number of µm, at most 1000");
     }
     let model_path = model_paths(settings, args.model.as_slice()).remove(0);
     let source = gallery_path(settings, &model_path, args.gallery.as_deref())?;
@@ -126,21 +118,9 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
     // Every ROI of every part: a fingerprint is made once and used for every verdict after it.
     options.stop = StopRule::Off;
     options.with_embedding = true;
-    let load = LoadOptions {
-        threads: settings.model.threads,
-        ..LoadOptions::default()
-    };
-    let (models, galleries) = load_models(
-        &[model_path],
-        options.batch,
-        &load,
-        &GalleryChoice::Path(source.clone()),
-    )?;
-    let gallery = galleries
-        .into_iter()
-        .next()
-        .flatten()
-        .context("the model's gallery did not load")?;
+    let load = LoadOptions { threads: settings.model.threads, ..LoadOptions::default() };
+    let (models, galleries) = load_models(&[model_path], options.batch, &load, &GalleryChoice::Path(source.clone()))?;
+    let gallery = galleries.into_iter().next().flatten().context("the model's gallery did not load")?;
     let parent = Document::read(&source)?;
     let existing = gallery.machines.iter().position(|m| m.label == label);
     let why = match (existing, args.reenroll, &args.why) {
@@ -149,47 +129,34 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
              again with --reenroll --why \"...\"; to add another machine, give it its own label",
             source.display()
         ),
-        (None, true, _) => bail!(
-            "--reenroll: gallery {} has no machine {label:?} to replace",
-            source.display()
-        ),
-        (Some(_), true, None) => bail!(
-            "--reenroll needs --why: the gallery's history records why a fingerprint was replaced"
-        ),
+        (None, true, _) => bail!("--reenroll: gallery {} has no machine {label:?} to replace", source.display()),
+        (Some(_), true, None) => {
+            bail!("--reenroll needs --why: the gallery's history records why a fingerprint was replaced")
+        }
         (_, _, Some(why)) => why.clone(),
         (None, false, None) => format!("enrolled {label}"),
     };
     let images = collect_images(&args.images, args.labels.as_deref(), label)?;
     if images.is_empty() {
-        bail!(
-            "no images of {label} given (files, folders of images, or --labels CSV rows of this machine)"
-        );
+        bail!("no images of {label} given (files, folders of images, or --labels CSV rows of this machine)");
     }
     let identifier = Identifier::new(models, options);
-    let threads = args.threads.map(usize::from).unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let threads = args
+        .threads
+        .map(usize::from)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let (parts, unusable) = embed_all(&identifier, settings, args.pixel_um, &images, threads)?;
     let enrollment = gallery.enroll(label, &parts, existing)?;
     let mut doc = parent.clone();
     doc.put_machine(&NewMachine {
         label: label.to_string(),
-        process: args
-            .process
-            .clone()
-            .or_else(|| existing.and_then(|k| gallery.machines[k].process.clone())),
+        process: args.process.clone().or_else(|| existing.and_then(|k| gallery.machines[k].process.clone())),
         parts: enrollment.parts as u32,
         mean: enrollment.mean.clone(),
         offset: enrollment.offset,
         notes: args.notes.clone(),
     });
-    let action = if existing.is_some() {
-        "reenroll"
-    } else {
-        "enroll"
-    };
+    let action = if existing.is_some() { "reenroll" } else { "enroll" };
     let by = args.by.clone().unwrap_or_else(default_by);
     doc.next_version(action, &by, &why, &[label.to_string()]);
     // The new version must load as the old one did before it replaces it.
@@ -201,10 +168,7 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
         identifier.models()[0].meta.embedding.as_ref(),
     )?;
     let committed = gallery::commit(&out, &parent, &doc)?;
-    let refused: Vec<Refused> = unusable
-        .into_iter()
-        .chain(enrollment.refused.iter().cloned())
-        .collect();
+    let refused: Vec<Refused> = unusable.into_iter().chain(enrollment.refused.iter().cloned()).collect();
     if args.json {
         let v = json!({
             "gallery": committed.path, "version": committed.version, "sha256": committed.sha256,
@@ -219,11 +183,7 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
     } else {
         println!(
             "{} {label}: {} of {} images taken; gallery {} is now version {} (sha256 {})",
-            if existing.is_some() {
-                "re-enrolled"
-            } else {
-                "enrolled"
-            },
+            if existing.is_some() { "re-enrolled" } else { "enrolled" },
             enrollment.parts,
             images.len(),
             committed.path.display(),
@@ -271,8 +231,8 @@ fn collect_images(paths: &[PathBuf], labels: Option<&Path>, label: &str) -> Resu
         }
     }
     if let Some(csv_path) = labels {
-        let mut reader = csv::Reader::from_path(csv_path)
-            .with_context(|| format!("cannot read {}", csv_path.display()))?;
+        let mut reader =
+            csv::Reader::from_path(csv_path).with_context(|| format!("cannot read {}", csv_path.display()))?;
         let header = reader.headers()?.clone();
         let column = |name: &str| {
             header
@@ -307,28 +267,23 @@ fn embed_all(
     threads: usize,
 ) -> Result<(Vec<PartEmbedding>, Vec<Refused>)> {
     let next = AtomicUsize::new(0);
-    let results: Vec<(usize, Result<Result<PartEmbedding, Refused>>)> =
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads.clamp(1, images.len()))
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut done = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(path) = images.get(i) else { break };
-                            done.push((i, embed_one(identifier, settings, pixel_um, path)));
-                        }
-                        done
-                    })
+    let results: Vec<(usize, Result<Result<PartEmbedding, Refused>>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.clamp(1, images.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(path) = images.get(i) else { break };
+                        done.push((i, embed_one(identifier, settings, pixel_um, path)));
+                    }
+                    done
                 })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().expect("an enrollment worker panicked"))
-                .collect()
-        });
-    let mut ordered: Vec<Option<Result<Result<PartEmbedding, Refused>>>> =
-        (0..images.len()).map(|_| None).collect();
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("an enrollment worker panicked")).collect()
+    });
+    let mut ordered: Vec<Option<Result<Result<PartEmbedding, Refused>>>> = (0..images.len()).map(|_| None).collect();
     for (i, r) in results {
         ordered[i] = Some(r);
     }
@@ -352,30 +307,17 @@ fn embed_one(
     let inspection = Inspection {
         pixel: resolve_pixel_size(pixel_um, &frame, settings.camera.pixel_um),
         frame: &frame,
-        source: SourceInfo {
-            kind: "file".into(),
-            name: path.display().to_string(),
-            frame: None,
-        },
+        source: SourceInfo { kind: "file".into(), name: path.display().to_string(), frame: None },
         claim: None,
         capture_ms: 0.0,
     };
-    let a = identifier
-        .identify(&inspection)
-        .with_context(|| format!("cannot enroll {}", path.display()))?;
+    let a = identifier.identify(&inspection).with_context(|| format!("cannot enroll {}", path.display()))?;
     let source = path.display().to_string();
     Ok(match (a.judgement.verdict, a.judgement.embedding) {
-        (Verdict::Rejected, _) => Err(Refused {
-            source,
-            reason: format!(
-                "cannot be judged: {}",
-                a.judgement.reason.unwrap_or_default()
-            ),
-        }),
+        (Verdict::Rejected, _) => {
+            Err(Refused { source, reason: format!("cannot be judged: {}", a.judgement.reason.unwrap_or_default()) })
+        }
         (_, Some(embedding)) => Ok(PartEmbedding { source, embedding }),
-        (_, None) => Err(Refused {
-            source,
-            reason: "the model gave no embedding".into(),
-        }),
+        (_, None) => Err(Refused { source, reason: "the model gave no embedding".into() }),
     })
 }

@@ -46,11 +46,15 @@ fn parse_fov(s: &str) -> Result<[f64; 2], String> {
 /// or the PNG cannot be read or written; 2 for bad arguments.
 pub fn run(settings: &Settings, args: EnvelopeArgs) -> ExitCode {
     let Some(pixel_um) = args.camera_pixel_um.or(settings.camera.pixel_um) else {
-        eprintln!("error: the camera's pixel size is unknown: pass --camera-pixel-um, or set camera.pixel_um (amfp calibrate measures it)");
+        eprintln!(
+            "error: the camera's pixel size is unknown: pass --camera-pixel-um, or set camera.pixel_um (amfp calibrate measures it)"
+        );
         return ExitCode::from(crate::config::EXIT_INVALID);
     };
     if !(pixel_um.is_finite() && pixel_um > 0.0 && pixel_um <= 1000.0) {
-        eprintln!("error: --camera-pixel-um {pixel_um} is not a pixel size; expected a positive number of µm, at most 1000");
+        eprintln!(
+            "error: --camera-pixel-um {pixel_um} is not a pixel size; expected a positive number of µm, at most 1000"
+        );
         return ExitCode::from(crate::config::EXIT_INVALID);
     }
     let path = crate::identify::model_paths(settings, args.model.as_slice()).remove(0);
@@ -72,9 +76,20 @@ pub fn run(settings: &Settings, args: EnvelopeArgs) -> ExitCode {
         println!("{v}");
     } else {
         let [nw, nh] = camera.pixels();
-        println!("camera     {pixel_um:.2} µm/px, view {:.2} x {:.2} mm ({nw:.0} x {nh:.0} px)", args.fov_mm[0], args.fov_mm[1]);
-        println!("model      {} ({:.2} µm/px, ROI {} px = {:.2} mm)", meta.name, geometry.pixel_um, geometry.roi_px, verdict.sample_mm);
-        println!("verdict    {}: the view holds {:.1} ROI areas (the vote needs {:.1})", verdict.status.word(), verdict.rois_in_view, verdict.min_surface_rois);
+        println!(
+            "camera     {pixel_um:.2} µm/px, view {:.2} x {:.2} mm ({nw:.0} x {nh:.0} px)",
+            args.fov_mm[0], args.fov_mm[1]
+        );
+        println!(
+            "model      {} ({:.2} µm/px, ROI {} px = {:.2} mm)",
+            meta.name, geometry.pixel_um, geometry.roi_px, verdict.sample_mm
+        );
+        println!(
+            "verdict    {}: the view holds {:.1} ROI areas (the vote needs {:.1})",
+            verdict.status.word(),
+            verdict.rois_in_view,
+            verdict.min_surface_rois
+        );
         if let Some([lo, hi]) = verdict.zoom_range_um {
             println!("zoom       this sensor serves the model at {lo:.2} to {hi:.2} µm per pixel");
         }

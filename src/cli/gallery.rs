@@ -99,40 +99,22 @@ fn command(settings: &Settings, args: GalleryArgs) -> Result<ExitCode> {
         GalleryCommand::Remove { label, why, by } => {
             let mut next = doc.clone();
             if !next.remove_machine(&label) {
-                bail!(
-                    "gallery {} has no machine {label:?} (amfp gallery list)",
-                    path.display()
-                );
+                bail!("gallery {} has no machine {label:?} (amfp gallery list)", path.display());
             }
             if next.labels().len() < 2 {
-                bail!(
-                    "removing {label:?} would leave fewer than two machines in gallery {}",
-                    path.display()
-                );
+                bail!("removing {label:?} would leave fewer than two machines in gallery {}", path.display());
             }
-            next.next_version(
-                "remove",
-                &by.unwrap_or_else(default_by),
-                &why,
-                &[label.clone()],
-            );
+            next.next_version("remove", &by.unwrap_or_else(default_by), &why, &[label.clone()]);
             let c = gallery::commit(&path, &doc, &next)?;
             report_change(json, &format!("removed {label}"), &c);
         }
         GalleryCommand::Rollback { version, why, by } => {
             if version >= doc.version() {
-                bail!(
-                    "gallery {} is at version {}: roll back to an earlier one",
-                    path.display(),
-                    doc.version()
-                );
+                bail!("gallery {} is at version {}: roll back to an earlier one", path.display(), doc.version());
             }
             let old = gallery::read_version(&path, version)?;
             if old.model() != doc.model() {
-                bail!(
-                    "version {version} belongs to another model ({}) than the current one",
-                    old.model().0
-                );
+                bail!("version {version} belongs to another model ({}) than the current one", old.model().0);
             }
             let mut next = doc.clone();
             next.restore_from(&old);
@@ -143,11 +125,7 @@ fn command(settings: &Settings, args: GalleryArgs) -> Result<ExitCode> {
                 &old.labels(),
             );
             let c = gallery::commit(&path, &doc, &next)?;
-            report_change(
-                json,
-                &format!("rolled back to the content of version {version}"),
-                &c,
-            );
+            report_change(json, &format!("rolled back to the content of version {version}"), &c);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -155,29 +133,15 @@ fn command(settings: &Settings, args: GalleryArgs) -> Result<ExitCode> {
 
 fn report_change(json: bool, what: &str, c: &gallery::Committed) {
     if json {
-        println!(
-            "{}",
-            json!({"gallery": c.path, "version": c.version, "sha256": c.sha256, "change": what})
-        );
+        println!("{}", json!({"gallery": c.path, "version": c.version, "sha256": c.sha256, "change": what}));
     } else {
-        println!(
-            "{what}: gallery {} is now version {} (sha256 {})",
-            c.path.display(),
-            c.version,
-            &c.sha256[..12]
-        );
+        println!("{what}: gallery {} is now version {} (sha256 {})", c.path.display(), c.version, &c.sha256[..12]);
     }
 }
 
 /// The change that last concerned `label`, if any.
-fn last_change<'a>(
-    history: &'a [gallery::HistoryEntry],
-    label: &str,
-) -> Option<&'a gallery::HistoryEntry> {
-    history
-        .iter()
-        .rev()
-        .find(|e| e.labels.iter().any(|l| l == label))
+fn last_change<'a>(history: &'a [gallery::HistoryEntry], label: &str) -> Option<&'a gallery::HistoryEntry> {
+    history.iter().rev().find(|e| e.labels.iter().any(|l| l == label))
 }
 
 fn list(doc: &Document, json: bool) {
@@ -196,10 +160,7 @@ fn list(doc: &Document, json: bool) {
         })
         .collect();
     if json {
-        println!(
-            "{}",
-            json!({"gallery": doc.path, "version": doc.version(), "sha256": doc.sha256, "machines": rows})
-        );
+        println!("{}", json!({"gallery": doc.path, "version": doc.version(), "sha256": doc.sha256, "machines": rows}));
         return;
     }
     println!(
@@ -209,10 +170,7 @@ fn list(doc: &Document, json: bool) {
         &doc.sha256[..12],
         doc.model().0
     );
-    println!(
-        "{:<16} {:<8} {:>6} {:>8}  last change",
-        "machine", "process", "parts", "offset"
-    );
+    println!("{:<16} {:<8} {:>6} {:>8}  last change", "machine", "process", "parts", "offset");
     for r in rows {
         let change = r["changed"]
             .as_object()
@@ -238,40 +196,24 @@ fn list(doc: &Document, json: bool) {
 
 fn show(doc: &Document, label: &str, json: bool) -> Result<()> {
     let Some(m) = doc.machines().iter().find(|m| m["label"] == label) else {
-        bail!(
-            "gallery {} has no machine {label:?} (amfp gallery list)",
-            doc.path.display()
-        );
+        bail!("gallery {} has no machine {label:?} (amfp gallery list)", doc.path.display());
     };
-    let changes: Vec<gallery::HistoryEntry> = doc
-        .history()
-        .into_iter()
-        .filter(|e| e.labels.iter().any(|l| l == label))
-        .collect();
+    let changes: Vec<gallery::HistoryEntry> =
+        doc.history().into_iter().filter(|e| e.labels.iter().any(|l| l == label)).collect();
     let mut entry = m.clone();
     if let Some(o) = entry.as_object_mut() {
         o.remove("mean");
     }
     if json {
-        println!(
-            "{}",
-            json!({"gallery": doc.path, "version": doc.version(), "machine": entry, "changes": changes})
-        );
+        println!("{}", json!({"gallery": doc.path, "version": doc.version(), "machine": entry, "changes": changes}));
         return Ok(());
     }
-    println!(
-        "{label} in gallery {} version {}",
-        doc.path.display(),
-        doc.version()
-    );
+    println!("{label} in gallery {} version {}", doc.path.display(), doc.version());
     for (k, v) in entry.as_object().into_iter().flatten() {
         println!("  {k}: {v}");
     }
     for e in &changes {
-        println!(
-            "  v{} {} {} by {}: {}",
-            e.version, e.action, e.time, e.by, e.why
-        );
+        println!("  v{} {} {} by {}: {}", e.version, e.action, e.time, e.by, e.why);
     }
     Ok(())
 }
@@ -290,32 +232,14 @@ fn history(path: &std::path::Path, json: bool) -> Result<ExitCode> {
                    "problems": audit.problems, "notes": audit.notes})
         );
     } else {
-        println!(
-            "gallery {} (current version {})",
-            path.display(),
-            audit.current
-        );
+        println!("gallery {} (current version {})", path.display(), audit.current);
         for v in &audit.versions {
             let change = v
                 .change
                 .as_ref()
-                .map(|c| {
-                    format!(
-                        "{} {} by {}: {} [{}]",
-                        c.action,
-                        c.time,
-                        c.by,
-                        c.why,
-                        c.labels.join(", ")
-                    )
-                })
+                .map(|c| format!("{} {} by {}: {} [{}]", c.action, c.time, c.by, c.why, c.labels.join(", ")))
                 .unwrap_or_default();
-            println!(
-                "  v{:<3} {}  {:>3} machines  {change}",
-                v.version,
-                &v.sha256[..12],
-                v.labels.len()
-            );
+            println!("  v{:<3} {}  {:>3} machines  {change}", v.version, &v.sha256[..12], v.labels.len());
         }
         for n in &audit.notes {
             println!("  note: {n}");
@@ -328,9 +252,5 @@ fn history(path: &std::path::Path, json: bool) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if audit.problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if audit.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

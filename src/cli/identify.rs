@@ -19,7 +19,7 @@ use clap::Args;
 use crate::capture::file::read_frame;
 use crate::config::{GalleryChoice, Settings};
 use crate::identify::{
-    IdentifyOptions, Identifier, Inspection, RoiRecord, elapsed_ms, load_models, model_paths, resolve_pixel_size,
+    Identifier, IdentifyOptions, Inspection, RoiRecord, elapsed_ms, load_models, model_paths, resolve_pixel_size,
 };
 use crate::model::LoadOptions;
 use crate::result::{Attribution, ClaimStatus, SourceInfo, Verdict};
@@ -264,7 +264,11 @@ fn judge_camera(identifier: &Identifier, settings: &Settings, args: &IdentifyArg
             Ok(Grab::Frame(c)) => break c,
             Ok(Grab::Idle) if t0.elapsed() < CAMERA_WAIT => continue,
             Ok(Grab::Idle | Grab::End) => {
-                eprintln!("error: no frame from camera {} within {} s; check that it is connected and streaming (amfp cameras)", camera.device.display(), CAMERA_WAIT.as_secs());
+                eprintln!(
+                    "error: no frame from camera {} within {} s; check that it is connected and streaming (amfp cameras)",
+                    camera.device.display(),
+                    CAMERA_WAIT.as_secs()
+                );
                 return Outcome::Error;
             }
             Err(e) => {
@@ -301,7 +305,12 @@ fn judge_camera(identifier: &Identifier, settings: &Settings, args: &IdentifyArg
 /// Reads and judges one part from its frames (one image, or all of them with `--same-part`);
 /// an Err is a message naming the file. A frame that cannot be read stops the part: nothing is
 /// judged on part of the evidence.
-fn judge_one(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs, paths: &[PathBuf]) -> Result<Attribution, String> {
+fn judge_one(
+    identifier: &Identifier,
+    settings: &Settings,
+    args: &IdentifyArgs,
+    paths: &[PathBuf],
+) -> Result<Attribution, String> {
     let mut frames = Vec::with_capacity(paths.len());
     for path in paths {
         let t0 = Instant::now();
@@ -319,12 +328,12 @@ fn judge_one(identifier: &Identifier, settings: &Settings, args: &IdentifyArgs, 
         })
         .collect();
     let path = &paths[0];
-    let (attribution, record) = identifier
-        .identify_views(&views, args.save_rois.is_some())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (attribution, record) =
+        identifier.identify_views(&views, args.save_rois.is_some()).map_err(|e| format!("{}: {e}", path.display()))?;
     if let (Some(dir), Some(record)) = (&args.save_rois, record) {
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-        save_rois(dir, &stem, &record).map_err(|e| format!("cannot write ROIs of {} into {}: {e}", path.display(), dir.display()))?;
+        save_rois(dir, &stem, &record)
+            .map_err(|e| format!("cannot write ROIs of {} into {}: {e}", path.display(), dir.display()))?;
     }
     Ok(attribution)
 }
@@ -388,7 +397,13 @@ fn table(path: &Path, a: &Attribution) -> String {
             "distance",
             format!(
                 "{:.1} to {} (threshold {:.1}), plain {:.1} (outlier threshold {:.1}); next {} at {:.1}",
-                g.distance, g.nearest, g.threshold, g.plain_distance, g.outlier_threshold, g.runner_up, g.runner_up_distance
+                g.distance,
+                g.nearest,
+                g.threshold,
+                g.plain_distance,
+                g.outlier_threshold,
+                g.runner_up,
+                g.runner_up_distance
             ),
         );
     }
@@ -399,15 +414,23 @@ fn table(path: &Path, a: &Attribution) -> String {
         let status = match c.status {
             ClaimStatus::Confirmed => "confirmed: the evidence fits the claim",
             ClaimStatus::Contradicted => "CONTRADICTED: the evidence points to another source",
-            ClaimStatus::Unconfirmed if c.known_label => "NOT CONFIRMED: the part does not match the claimed machine well enough",
-            ClaimStatus::Unconfirmed => "consistent: the claimed source is not a machine the model knows, and no known machine fits",
+            ClaimStatus::Unconfirmed if c.known_label => {
+                "NOT CONFIRMED: the part does not match the claimed machine well enough"
+            }
+            ClaimStatus::Unconfirmed => {
+                "consistent: the claimed source is not a machine the model knows, and no known machine fits"
+            }
             ClaimStatus::Unjudged => "not checked: the image was rejected",
         };
         row("claim", format!("{}: {status}", c.label));
     }
     for attr in &a.attributes {
         let what = match attr.judgement.verdict {
-            Verdict::Identified => format!("{} (score {:.3})", attr.judgement.label.as_deref().unwrap_or("?"), attr.judgement.score.unwrap_or(0.0)),
+            Verdict::Identified => format!(
+                "{} (score {:.3})",
+                attr.judgement.label.as_deref().unwrap_or("?"),
+                attr.judgement.score.unwrap_or(0.0)
+            ),
             Verdict::Unknown => format!("unknown ({})", attr.judgement.reason.as_deref().unwrap_or("")),
             Verdict::Rejected => format!("rejected ({})", attr.judgement.reason.as_deref().unwrap_or("")),
         };
@@ -421,7 +444,12 @@ fn table(path: &Path, a: &Attribution) -> String {
         let view = e.view_mm.map(|[w, h]| format!(", view {w:.1} x {h:.1} mm")).unwrap_or_default();
         row(
             "envelope",
-            format!("{camera} -> model {:.2} µm/px, sample {:.2} mm{view}{}", e.model_pixel_um, e.sample_mm, if e.ok { "" } else { ", OUT" }),
+            format!(
+                "{camera} -> model {:.2} µm/px, sample {:.2} mm{view}{}",
+                e.model_pixel_um,
+                e.sample_mm,
+                if e.ok { "" } else { ", OUT" }
+            ),
         );
     }
     for (i, v) in a.views.iter().enumerate() {
@@ -431,8 +459,17 @@ fn table(path: &Path, a: &Attribution) -> String {
         };
         row(if i == 0 { "frames" } else { "" }, what);
     }
-    row("model", format!("{} ({}, sha256 {})", a.model.name, a.model.task, &a.model.sha256[..12.min(a.model.sha256.len())]));
+    row(
+        "model",
+        format!("{} ({}, sha256 {})", a.model.name, a.model.task, &a.model.sha256[..12.min(a.model.sha256.len())]),
+    );
     let t = a.timing_ms;
-    row("time", format!("read {:.0} ms, preprocess {:.0} ms, inference {:.0} ms, total {:.0} ms", t.capture, t.preprocess, t.inference, t.total));
+    row(
+        "time",
+        format!(
+            "read {:.0} ms, preprocess {:.0} ms, inference {:.0} ms, total {:.0} ms",
+            t.capture, t.preprocess, t.inference, t.total
+        ),
+    );
     s
 }

@@ -81,19 +81,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Gallery(args) => with_settings(cli.config.as_deref(), |s| gallery::run(s, args)),
         Command::Run(args) => with_settings(cli.config.as_deref(), |s| run::run(s, args)),
         Command::Cameras(args) => with_settings(cli.config.as_deref(), |s| cameras::run(s, args)),
-        Command::Calibrate(args) => {
-            with_settings(cli.config.as_deref(), |s| calibrate::run(s, args))
-        }
+        Command::Calibrate(args) => with_settings(cli.config.as_deref(), |s| calibrate::run(s, args)),
         Command::Envelope(args) => with_settings(cli.config.as_deref(), |s| envelope::run(s, args)),
     }
 }
 
 /// Loads the configuration and starts logging, then runs `f`; an invalid configuration is
 /// reported (every problem) and exits with [`crate::config::EXIT_INVALID`].
-pub fn with_settings(
-    path: Option<&std::path::Path>,
-    f: impl FnOnce(&crate::config::Settings) -> ExitCode,
-) -> ExitCode {
+pub fn with_settings(path: Option<&std::path::Path>, f: impl FnOnce(&crate::config::Settings) -> ExitCode) -> ExitCode {
     match crate::config::load(path) {
         Ok(settings) => {
             crate::logging::init(&settings.log);

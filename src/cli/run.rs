@@ -106,7 +106,9 @@ pub fn run(settings: &Settings, args: RunArgs) -> ExitCode {
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
-        log::error!("cannot listen for SIGINT and SIGTERM; stop the daemon with SIGKILL (the outbox keeps undelivered results)");
+        log::error!(
+            "cannot listen for SIGINT and SIGTERM; stop the daemon with SIGKILL (the outbox keeps undelivered results)"
+        );
         return;
     };
     let name = tokio::select! {

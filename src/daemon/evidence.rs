@@ -83,7 +83,8 @@ impl EvidenceStore {
 /// The frame as an 8-bit colour JPEG with the ROI outlines (2 px wide) drawn in.
 pub fn render(frame: &Frame, rois: &[RoiBox], quality: u8) -> std::io::Result<Vec<u8>> {
     let gray: Vec<u8> = frame.pixels.iter().map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
-    let gray = GrayImage::from_raw(frame.width, frame.height, gray).ok_or_else(|| std::io::Error::other("frame size does not match its pixels"))?;
+    let gray = GrayImage::from_raw(frame.width, frame.height, gray)
+        .ok_or_else(|| std::io::Error::other("frame size does not match its pixels"))?;
     let mut rgb: RgbImage = image::DynamicImage::ImageLuma8(gray).into_rgb8();
     for r in rois {
         for t in 0..2 {

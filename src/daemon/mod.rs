@@ -41,7 +41,7 @@ use crate::capture::source::{CaptureError, Captured, FrameSource, Grab};
 use crate::capture::synth::SynthSource;
 use crate::capture::v4l2::V4l2Source;
 use crate::config::Settings;
-use crate::identify::{IdentifyOptions, Identifier, Inspection, load_models, model_paths, resolve_pixel_size};
+use crate::identify::{Identifier, IdentifyOptions, Inspection, load_models, model_paths, resolve_pixel_size};
 use crate::model::LoadOptions;
 use crate::publish::{InspectCommand, MqttPublisher};
 use crate::result::Verdict;
@@ -105,7 +105,11 @@ struct Capture {
 }
 
 /// Runs the daemon until `shutdown` is cancelled or the source runs out. See the module docs.
-pub async fn run(settings: Settings, options: RunOptions, shutdown: CancellationToken) -> Result<RunSummary, DaemonError> {
+pub async fn run(
+    settings: Settings,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<RunSummary, DaemonError> {
     let systemd = Systemd::from_env();
     let identify = IdentifyOptions::from_settings(&settings);
     let device = identify.device.clone();
@@ -129,7 +133,8 @@ pub async fn run(settings: Settings, options: RunOptions, shutdown: Cancellation
             models[0].meta.labels.join(", ")
         )));
     }
-    let gallery_status = galleries[0].as_ref().map(|g| json!({"version": g.version, "sha256": g.sha256, "machines": g.machines.len()}));
+    let gallery_status =
+        galleries[0].as_ref().map(|g| json!({"version": g.version, "sha256": g.sha256, "machines": g.machines.len()}));
     let model_status = json!({
         "name": models[0].meta.name, "task": models[0].meta.task, "sha256": models[0].sha256,
         "pixel_size_um": models[0].meta.pixel_size_um, "roi_px": models[0].meta.roi_px,
@@ -144,7 +149,12 @@ pub async fn run(settings: Settings, options: RunOptions, shutdown: Cancellation
         .expect("source opening panicked")?;
     let described = source.describe();
     let trigger = resolve_trigger(settings.daemon.trigger, source.is_live(), settings.mqtt.enabled)?;
-    log::info!("source: {} {} ({}), trigger {trigger:?}", described.kind, described.name, if source.is_live() { "live view" } else { "one part per frame" });
+    log::info!(
+        "source: {} {} ({}), trigger {trigger:?}",
+        described.kind,
+        described.name,
+        if source.is_live() { "live view" } else { "one part per frame" }
+    );
 
     let (mqtt, commands) = if settings.mqtt.enabled {
         let status = json!({
@@ -227,7 +237,9 @@ pub async fn run(settings: Settings, options: RunOptions, shutdown: Cancellation
     let mut summary = RunSummary { judged, delivered, ..Default::default() };
     if let Some(mqtt) = &mqtt {
         let left = deadline.map_or(grace, |d| d.saturating_duration_since(Instant::now()));
-        let report = mqtt.shutdown(left.min(Duration::from_secs(settings.mqtt.shutdown_grace_s)).max(Duration::from_millis(100))).await;
+        let report = mqtt
+            .shutdown(left.min(Duration::from_secs(settings.mqtt.shutdown_grace_s)).max(Duration::from_millis(100)))
+            .await;
         summary.mqtt_clean = Some(report.clean);
         summary.outbox_left = report.outbox_entries;
         if report.outbox_entries > 0 {
@@ -244,9 +256,13 @@ fn open_source(settings: &Settings, model_path: &Path) -> Result<Box<dyn FrameSo
     let failed = |e: CaptureError| DaemonError::Failed(e.to_string());
     Ok(match s.kind {
         SourceKind::Directory => {
-            let dir = s.dir.as_ref().ok_or_else(|| DaemonError::Config("source.dir is not set; set the directory to watch".into()))?;
+            let dir = s
+                .dir
+                .as_ref()
+                .ok_or_else(|| DaemonError::Config("source.dir is not set; set the directory to watch".into()))?;
             Box::new(
-                WatchedDirectory::open(dir, Duration::from_millis(s.settle_ms), Duration::from_millis(s.poll_ms)).map_err(failed)?,
+                WatchedDirectory::open(dir, Duration::from_millis(s.settle_ms), Duration::from_millis(s.poll_ms))
+                    .map_err(failed)?,
             )
         }
         SourceKind::Synth | SourceKind::Conveyor => {
@@ -256,11 +272,14 @@ fn open_source(settings: &Settings, model_path: &Path) -> Result<Box<dyn FrameSo
                     Fleet::load(&path).map_err(|e| DaemonError::Failed(format!("synth source: {e}")))?
                 }
                 None => {
-                    log::info!("synth source: the built-in fleet (no fleet file beside the model, synth.fleet not set)");
+                    log::info!(
+                        "synth source: the built-in fleet (no fleet file beside the model, synth.fleet not set)"
+                    );
                     Fleet::paper(7)
                 }
             };
-            let parts = SynthSource::new(fleet, s.synth_seed, settings.synth.scanner_pixel_um, settings.synth.bit_depth);
+            let parts =
+                SynthSource::new(fleet, s.synth_seed, settings.synth.scanner_pixel_um, settings.synth.bit_depth);
             if s.kind == SourceKind::Conveyor {
                 Box::new(Conveyor::new(parts, s.conveyor_fps, s.synth_seed))
             } else {
@@ -358,8 +377,15 @@ async fn capture_loop(
                         if live {
                             wanted = Some((cmd.claim, cmd.reference));
                         } else {
-                            log::warn!("inspect command ignored: every part of a {} source is judged anyway", if trigger == TriggerKind::Each { "part" } else { "live" });
-                            event(&mqtt, "command_ignored", json!({"reason": "this device judges every part its source delivers; commands are for camera stations with trigger command or interval", "ref": cmd.reference}));
+                            log::warn!(
+                                "inspect command ignored: every part of a {} source is judged anyway",
+                                if trigger == TriggerKind::Each { "part" } else { "live" }
+                            );
+                            event(
+                                &mqtt,
+                                "command_ignored",
+                                json!({"reason": "this device judges every part its source delivers; commands are for camera stations with trigger command or interval", "ref": cmd.reference}),
+                            );
                         }
                     }
                 }
@@ -479,7 +505,11 @@ async fn inference_loop(
                 let side = (r.roi_shape[1] as f64 * scale).round() as u32;
                 r.corners
                     .iter()
-                    .map(|&(x, y)| RoiBox { x: (f64::from(x) * scale).round() as u32, y: (f64::from(y) * scale).round() as u32, side })
+                    .map(|&(x, y)| RoiBox {
+                        x: (f64::from(x) * scale).round() as u32,
+                        y: (f64::from(y) * scale).round() as u32,
+                        side,
+                    })
                     .collect()
             }
             _ => Vec::new(),
@@ -519,7 +549,11 @@ mod tests {
         assert_eq!(resolve_trigger(TriggerKind::Auto, true, false).unwrap(), TriggerKind::Continuous);
         assert_eq!(resolve_trigger(TriggerKind::Auto, false, false).unwrap(), TriggerKind::Each);
         assert_eq!(resolve_trigger(TriggerKind::Interval, false, false).unwrap(), TriggerKind::Interval);
-        for (t, live, mqtt) in [(TriggerKind::Each, true, true), (TriggerKind::Continuous, false, true), (TriggerKind::Command, true, false)] {
+        for (t, live, mqtt) in [
+            (TriggerKind::Each, true, true),
+            (TriggerKind::Continuous, false, true),
+            (TriggerKind::Command, true, false),
+        ] {
             assert!(matches!(resolve_trigger(t, live, mqtt), Err(DaemonError::Config(_))), "{t:?}");
         }
     }

@@ -196,7 +196,11 @@ pub fn check(source: &SourceSettings, daemon: &DaemonSettings, output: &OutputSe
     bad((10..=60_000).contains(&source.poll_ms), "source.poll_ms", source.poll_ms.to_string());
     bad((0.1..=60.0).contains(&source.conveyor_fps), "source.conveyor_fps", source.conveyor_fps.to_string());
     let d = daemon;
-    bad(d.interval_s.is_finite() && (0.1..=86_400.0).contains(&d.interval_s), "daemon.interval_s", d.interval_s.to_string());
+    bad(
+        d.interval_s.is_finite() && (0.1..=86_400.0).contains(&d.interval_s),
+        "daemon.interval_s",
+        d.interval_s.to_string(),
+    );
     bad(!d.expect.as_ref().is_some_and(|e| e.trim().is_empty()), "daemon.expect", "an empty label".into());
     bad(!empty(&d.state_dir), "daemon.state_dir", "an empty path".into());
     bad((1..=600).contains(&d.shutdown_grace_s), "daemon.shutdown_grace_s", d.shutdown_grace_s.to_string());
@@ -207,7 +211,11 @@ pub fn check(source: &SourceSettings, daemon: &DaemonSettings, output: &OutputSe
     let o = output;
     bad((4096..=1 << 40).contains(&o.jsonl_max_bytes), "output.jsonl_max_bytes", o.jsonl_max_bytes.to_string());
     bad((1..=1000).contains(&o.jsonl_keep), "output.jsonl_keep", o.jsonl_keep.to_string());
-    bad((1 << 20..=1 << 40).contains(&o.evidence_max_bytes), "output.evidence_max_bytes", o.evidence_max_bytes.to_string());
+    bad(
+        (1 << 20..=1 << 40).contains(&o.evidence_max_bytes),
+        "output.evidence_max_bytes",
+        o.evidence_max_bytes.to_string(),
+    );
     bad((1..=100).contains(&o.evidence_quality), "output.evidence_quality", o.evidence_quality.to_string());
     out
 }

@@ -66,7 +66,10 @@ impl Sinks {
         let results = if output.jsonl {
             let dir = state_dir.join(RESULTS_DIR);
             std::fs::create_dir_all(&dir).map_err(|e| {
-                format!("cannot create the results log directory {}: {e}; set daemon.state_dir to a writable directory", dir.display())
+                format!(
+                    "cannot create the results log directory {}: {e}; set daemon.state_dir to a writable directory",
+                    dir.display()
+                )
             })?;
             let limit = usize::try_from(output.jsonl_max_bytes).unwrap_or(usize::MAX);
             Some(FileRotate::new(
@@ -81,7 +84,10 @@ impl Sinks {
         };
         let evidence = if output.evidence {
             Some(EvidenceStore::open(state_dir, output.evidence_max_bytes, output.evidence_quality).map_err(|e| {
-                format!("cannot open the evidence directory under {}: {e}; set daemon.state_dir to a writable directory", state_dir.display())
+                format!(
+                    "cannot open the evidence directory under {}: {e}; set daemon.state_dir to a writable directory",
+                    state_dir.display()
+                )
             })?)
         } else {
             None
@@ -146,7 +152,12 @@ impl Sinks {
                 log::warn!("source: cannot mark {} as done: {e}", attribution.source.name);
             }
         } else if !complete {
-            log::warn!("result {} of {} not stored everywhere ({}); its source is kept for a later run", attribution.id, attribution.source.name, problems.join("; "));
+            log::warn!(
+                "result {} of {} not stored everywhere ({}); its source is kept for a later run",
+                attribution.id,
+                attribution.source.name,
+                problems.join("; ")
+            );
         }
         Delivery { complete, problems }
     }
@@ -156,10 +167,15 @@ impl Sinks {
 /// machine or one that contradicts its claim, `rejected` for a frame that could not be judged.
 pub fn events_for(a: &Attribution) -> Vec<(&'static str, serde_json::Value)> {
     let j = &a.judgement;
-    let claim_broken = a.claim.as_ref().is_some_and(|c| matches!(c.status, ClaimStatus::Contradicted) || (c.status == ClaimStatus::Unconfirmed && c.known_label));
+    let claim_broken = a.claim.as_ref().is_some_and(|c| {
+        matches!(c.status, ClaimStatus::Contradicted) || (c.status == ClaimStatus::Unconfirmed && c.known_label)
+    });
     let mut events = Vec::new();
     if j.verdict == Verdict::Rejected {
-        events.push(("rejected", json!({"id": a.id, "source": a.source, "reason": j.reason, "reason_code": j.reason_code})));
+        events.push((
+            "rejected",
+            json!({"id": a.id, "source": a.source, "reason": j.reason, "reason_code": j.reason_code}),
+        ));
     } else if j.verdict == Verdict::Unknown || claim_broken {
         events.push((
             "odd_part",
@@ -192,7 +208,8 @@ mod tests {
     #[tokio::test]
     async fn the_results_log_rotates_whole_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let output = OutputSettings { stdout: false, jsonl: true, jsonl_max_bytes: 4096, jsonl_keep: 2, ..Default::default() };
+        let output =
+            OutputSettings { stdout: false, jsonl: true, jsonl_max_bytes: 4096, jsonl_keep: 2, ..Default::default() };
         let mut sinks = Sinks::open(&output, dir.path(), None).unwrap();
         let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for i in 0..40 {
@@ -201,12 +218,22 @@ mod tests {
                 d.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 Ok(())
             });
-            let delivery = sinks.deliver(Judged { attribution: attribution(i, "identified"), frame: None, rois: vec![], on_done: Some(on_done) }).await;
+            let delivery = sinks
+                .deliver(Judged {
+                    attribution: attribution(i, "identified"),
+                    frame: None,
+                    rois: vec![],
+                    on_done: Some(on_done),
+                })
+                .await;
             assert!(delivery.complete, "{delivery:?}");
         }
         assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 40);
         let results = dir.path().join(RESULTS_DIR);
-        let mut names: Vec<String> = std::fs::read_dir(&results).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(&results)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         assert_eq!(names, ["results.jsonl", "results.jsonl.1", "results.jsonl.2"]);
         let mut ids = Vec::new();

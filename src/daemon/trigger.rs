@@ -189,7 +189,8 @@ mod tests {
             script.extend(std::iter::repeat_n(None, 5));
         }
         let sightings: Vec<Sighting> = script.iter().map(|&p| d.observe(&view(&mut rng, p))).collect();
-        let inspect_at: Vec<usize> = sightings.iter().enumerate().filter(|(_, s)| **s == Sighting::Inspect).map(|(i, _)| i).collect();
+        let inspect_at: Vec<usize> =
+            sightings.iter().enumerate().filter(|(_, s)| **s == Sighting::Inspect).map(|(i, _)| i).collect();
         assert_eq!(inspect_at.len(), 2, "{sightings:?}");
         for &i in &inspect_at {
             // Inspected while the part is at rest, after `still_frames` still frames.

@@ -69,12 +69,7 @@ pub enum EnrollError {
          that they all come from {label} and were imaged as the station images parts:\n  - {}",
         .reasons.join("\n  - ")
     )]
-    Inconsistent {
-        label: String,
-        parts: usize,
-        refused: usize,
-        reasons: Vec<String>,
-    },
+    Inconsistent { label: String, parts: usize, refused: usize, reasons: Vec<String> },
     #[error("a part embedding has {got} values, but the gallery's embedding has {want}")]
     Dimension { got: usize, want: usize },
 }
@@ -90,44 +85,21 @@ impl Gallery {
     ) -> Result<Enrollment, EnrollError> {
         let dim = self.dim;
         if let Some(p) = parts.iter().find(|p| p.embedding.len() != dim) {
-            return Err(EnrollError::Dimension {
-                got: p.embedding.len(),
-                want: dim,
-            });
+            return Err(EnrollError::Dimension { got: p.embedding.len(), want: dim });
         }
         if parts.len() < MIN_PARTS {
-            return Err(EnrollError::TooFewParts {
-                label: label.into(),
-                parts: parts.len(),
-            });
+            return Err(EnrollError::TooFewParts { label: label.into(), parts: parts.len() });
         }
-        let raw: Vec<Vec<f64>> = parts
-            .iter()
-            .map(|p| p.embedding.iter().map(|&v| v as f64).collect())
-            .collect();
-        let white: Vec<Vec<f64>> = raw
-            .iter()
-            .map(|e| mat_vec(&self.whitening, e, dim))
-            .collect();
-        let d0: Vec<f64> = raw
-            .iter()
-            .map(|e| {
-                sq_dist(
-                    &mat_vec(&self.global_whitening, e, dim),
-                    &self.whitened_global_mean,
-                )
-            })
-            .collect();
+        let raw: Vec<Vec<f64>> = parts.iter().map(|p| p.embedding.iter().map(|&v| v as f64).collect()).collect();
+        let white: Vec<Vec<f64>> = raw.iter().map(|e| mat_vec(&self.whitening, e, dim)).collect();
+        let d0: Vec<f64> =
+            raw.iter().map(|e| sq_dist(&mat_vec(&self.global_whitening, e, dim), &self.whitened_global_mean)).collect();
         let reference_parts = self.reference_parts(replacing);
-        let others: Vec<usize> = (0..self.machines.len())
-            .filter(|&k| Some(k) != replacing)
-            .collect();
+        let others: Vec<usize> = (0..self.machines.len()).filter(|&k| Some(k) != replacing).collect();
 
         // Leave one out: each part against the mean of the others, with the offset of n - 1 parts.
         let n = parts.len();
-        let loo: Vec<f64> = (0..n)
-            .map(|i| sq_dist(&white[i], &mean_of(&white, Some(i))))
-            .collect();
+        let loo: Vec<f64> = (0..n).map(|i| sq_dist(&white[i], &mean_of(&white, Some(i)))).collect();
         // A squared distance to a mean of n - 1 others overshoots one to the true mean by 1/(n-1):
         // the median, so that one stray part does not widen the yardstick it is measured with.
         let spread_loo = median(&loo) * (n as f64 - 1.0) / n as f64;
@@ -153,10 +125,7 @@ impl Gallery {
                 None
             };
             match reason {
-                Some(reason) => refused.push(Refused {
-                    source: parts[i].source.clone(),
-                    reason,
-                }),
+                Some(reason) => refused.push(Refused { source: parts[i].source.clone(), reason }),
                 None => taken.push(i),
             }
         }
@@ -165,17 +134,11 @@ impl Gallery {
                 label: label.into(),
                 parts: n,
                 refused: refused.len(),
-                reasons: refused
-                    .iter()
-                    .map(|r| format!("{}: {}", r.source, r.reason))
-                    .collect(),
+                reasons: refused.iter().map(|r| format!("{}: {}", r.source, r.reason)).collect(),
             });
         }
         if taken.len() < MIN_PARTS {
-            return Err(EnrollError::TooFewParts {
-                label: label.into(),
-                parts: taken.len(),
-            });
+            return Err(EnrollError::TooFewParts { label: label.into(), parts: taken.len() });
         }
 
         let kept: Vec<Vec<f64>> = taken.iter().map(|&i| white[i].clone()).collect();
@@ -183,10 +146,7 @@ impl Gallery {
         let m = kept.len();
         let spread = kept.iter().map(|w| sq_dist(w, &wmean)).sum::<f64>() / (m as f64 - 1.0);
         let offset = small_n_offset(spread, m, reference_parts);
-        let raw_mean = mean_of(
-            &taken.iter().map(|&i| raw[i].clone()).collect::<Vec<_>>(),
-            None,
-        );
+        let raw_mean = mean_of(&taken.iter().map(|&i| raw[i].clone()).collect::<Vec<_>>(), None);
 
         let nearest = others
             .iter()
@@ -198,10 +158,8 @@ impl Gallery {
         let mut named_before = Vec::new();
         let mut nearer_to_other = Vec::new();
         for &i in &taken {
-            let Some((k, dk)) = others
-                .iter()
-                .map(|&k| (k, self.distance_to(k, &white[i])))
-                .min_by(|a, b| a.1.total_cmp(&b.1))
+            let Some((k, dk)) =
+                others.iter().map(|&k| (k, self.distance_to(k, &white[i]))).min_by(|a, b| a.1.total_cmp(&b.1))
             else {
                 continue;
             };
@@ -220,11 +178,7 @@ impl Gallery {
             ));
         }
         let apart = |other: &str| {
-            let k = self
-                .machines
-                .iter()
-                .position(|x| x.label == other)
-                .expect("a machine of the gallery");
+            let k = self.machines.iter().position(|x| x.label == other).expect("a machine of the gallery");
             sq_dist(&wmean, &self.whitened_means[k])
         };
         for (other, count) in &named_before {
@@ -264,16 +218,8 @@ impl Gallery {
                 .collect()
         };
         let fitted = pick(true);
-        let counts = if fitted.is_empty() {
-            pick(false)
-        } else {
-            fitted
-        };
-        if counts.is_empty() {
-            RECOMMENDED_PARTS
-        } else {
-            median(&counts).round() as usize
-        }
+        let counts = if fitted.is_empty() { pick(false) } else { fitted };
+        if counts.is_empty() { RECOMMENDED_PARTS } else { median(&counts).round() as usize }
     }
 }
 
@@ -307,11 +253,7 @@ fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 #[cfg(test)]
@@ -320,10 +262,7 @@ mod tests {
     use super::*;
 
     fn part(i: usize, x: f32, y: f32) -> PartEmbedding {
-        PartEmbedding {
-            source: format!("p{i}.png"),
-            embedding: vec![x, y],
-        }
+        PartEmbedding { source: format!("p{i}.png"), embedding: vec![x, y] }
     }
 
     /// Ten parts around (0, 5) with unit spread: a machine of its own between A-1 (0, 0) and
@@ -331,32 +270,18 @@ mod tests {
     #[test]
     fn a_new_machine_is_the_mean_of_its_consistent_parts_and_a_stray_part_is_refused() {
         let g = load(&file()).unwrap();
-        let mut parts: Vec<PartEmbedding> = (0..10)
-            .map(|i| {
-                part(
-                    i,
-                    0.3 * ((i % 3) as f32 - 1.0),
-                    5.0 + 0.3 * ((i % 2) as f32 - 0.5),
-                )
-            })
-            .collect();
+        let mut parts: Vec<PartEmbedding> =
+            (0..10).map(|i| part(i, 0.3 * ((i % 3) as f32 - 1.0), 5.0 + 0.3 * ((i % 2) as f32 - 0.5))).collect();
         parts.push(part(99, 0.0, -6.0));
         let e = g.enroll("C-1", &parts, None).unwrap();
         assert_eq!(e.parts, 10);
         assert_eq!(e.refused.len(), 1, "{:?}", e.refused);
         assert_eq!(e.refused[0].source, "p99.png");
-        assert!(
-            e.refused[0].reason.contains("far from the other parts"),
-            "{}",
-            e.refused[0].reason
-        );
+        assert!(e.refused[0].reason.contains("far from the other parts"), "{}", e.refused[0].reason);
         assert!((e.mean[1] - 5.0).abs() < 0.1, "{:?}", e.mean);
         // With n = 10 < n_ref = 20 the offset is s² (1/10 - 1/20) > 0.
         assert_eq!(e.reference_parts, 20);
-        assert!(
-            (e.offset - e.spread * 0.05).abs() < 1e-9 && e.offset > 0.0,
-            "{e:?}"
-        );
+        assert!((e.offset - e.spread * 0.05).abs() < 1e-9 && e.offset > 0.0, "{e:?}");
         assert_eq!(e.nearest.as_ref().unwrap().0, "A-1");
         assert!(e.warnings.is_empty(), "{:?}", e.warnings);
     }
@@ -365,27 +290,16 @@ mod tests {
     fn parts_that_disagree_or_are_too_few_refuse_the_enrollment() {
         let g = load(&file()).unwrap();
         let two = [part(0, 0.0, 5.0), part(1, 0.1, 5.0)];
-        assert!(matches!(
-            g.enroll("C-1", &two, None),
-            Err(EnrollError::TooFewParts { parts: 2, .. })
-        ));
+        assert!(matches!(g.enroll("C-1", &two, None), Err(EnrollError::TooFewParts { parts: 2, .. })));
         // Half the parts near (0, 5), half near (0, -5): no fingerprint fits both.
-        let mixed: Vec<PartEmbedding> = (0..8)
-            .map(|i| part(i, 0.1 * (i % 2) as f32, if i < 4 { 5.0 } else { -5.0 }))
-            .collect();
+        let mixed: Vec<PartEmbedding> =
+            (0..8).map(|i| part(i, 0.1 * (i % 2) as f32, if i < 4 { 5.0 } else { -5.0 })).collect();
         let e = g.enroll("C-1", &mixed, None).unwrap_err();
         assert!(matches!(e, EnrollError::Inconsistent { .. }), "{e}");
         assert!(e.to_string().contains("do not agree"), "{e}");
         let e = g.enroll(
             "C-1",
-            &[
-                part(0, 1.0, 1.0),
-                part(1, 1.0, 1.0),
-                PartEmbedding {
-                    source: "x".into(),
-                    embedding: vec![1.0],
-                },
-            ],
+            &[part(0, 1.0, 1.0), part(1, 1.0, 1.0), PartEmbedding { source: "x".into(), embedding: vec![1.0] }],
             None,
         );
         assert!(matches!(e, Err(EnrollError::Dimension { got: 1, want: 2 })));
@@ -396,15 +310,12 @@ mod tests {
     #[test]
     fn a_machine_indistinguishable_from_a_known_one_is_enrolled_with_a_warning() {
         let g = load(&file()).unwrap();
-        let parts: Vec<PartEmbedding> = (0..10)
-            .map(|i| part(i, 0.2 * ((i % 3) as f32 - 1.0), 0.1 * (i % 2) as f32))
-            .collect();
+        let parts: Vec<PartEmbedding> =
+            (0..10).map(|i| part(i, 0.2 * ((i % 3) as f32 - 1.0), 0.1 * (i % 2) as f32)).collect();
         let e = g.enroll("A-2", &parts, None).unwrap();
         assert_eq!(e.named_before, [("A-1".to_string(), 10)]);
         assert!(
-            e.warnings
-                .iter()
-                .any(|w| w.contains("A-1") && w.contains("may not be told apart")),
+            e.warnings.iter().any(|w| w.contains("A-1") && w.contains("may not be told apart")),
             "{:?}",
             e.warnings
         );

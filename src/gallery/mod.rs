@@ -20,12 +20,9 @@ use sha2::{Digest, Sha256};
 mod enroll;
 mod store;
 
-pub use enroll::{
-    EnrollError, Enrollment, MIN_PARTS, PartEmbedding, RECOMMENDED_PARTS, Refused, small_n_offset,
-};
+pub use enroll::{EnrollError, Enrollment, MIN_PARTS, PartEmbedding, RECOMMENDED_PARTS, Refused, small_n_offset};
 pub use store::{
-    Audit, Committed, Document, HistoryEntry, NewMachine, Version, audit, commit, read_version,
-    versions_dir,
+    Audit, Committed, Document, HistoryEntry, NewMachine, Version, audit, commit, read_version, versions_dir,
 };
 
 use crate::config::GalleryChoice;
@@ -37,32 +34,18 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// Why a gallery cannot be used. Each message names the file, the problem and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum GalleryError {
-    #[error(
-        "cannot read gallery {path}: {source}; check --gallery or model.gallery in the configuration"
-    )]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read gallery {path}: {source}; check --gallery or model.gallery in the configuration")]
+    Io { path: PathBuf, source: std::io::Error },
     #[error("gallery {path} is not an amfp gallery file: {detail} (docs/gallery.md)")]
     Format { path: PathBuf, detail: String },
     #[error("gallery {path} is invalid (docs/gallery.md):\n  - {}", .problems.join("\n  - "))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<String>,
-    },
+    Invalid { path: PathBuf, problems: Vec<String> },
     #[error(
         "gallery {path} belongs to model {gallery_model} (sha256 {gallery_sha}), not to the loaded model {model} \
          (sha256 {model_sha}); use the gallery written for this model (beside it, named <model>.gallery.json) \
          or fit one with `python -m amfp_train.gallery`"
     )]
-    WrongModel {
-        path: PathBuf,
-        gallery_model: String,
-        gallery_sha: String,
-        model: String,
-        model_sha: String,
-    },
+    WrongModel { path: PathBuf, gallery_model: String, gallery_sha: String, model: String, model_sha: String },
     #[error(
         "model {model} has no embedding output, so gallery {path} cannot be used; export the model with one \
          (`python -m amfp_train.embedding`, docs/gallery.md) or run without a gallery (the vote alone)"
@@ -167,10 +150,7 @@ struct GalleryFile {
 
 /// The gallery path that goes with a model: `<model without .onnx>.gallery.json` beside it.
 pub fn beside(model: &Path) -> PathBuf {
-    let name = model
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let stem = name.strip_suffix(".onnx").unwrap_or(&name);
     model.with_file_name(format!("{stem}.gallery.json"))
 }
@@ -191,22 +171,13 @@ pub fn chosen(choice: &GalleryChoice, model: &Model) -> Option<PathBuf> {
 impl Gallery {
     /// Loads a gallery and checks that it belongs to `model`.
     pub fn load(path: &Path, model: &Model) -> Result<Self, GalleryError> {
-        let bytes = std::fs::read(path).map_err(|source| GalleryError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = std::fs::read(path).map_err(|source| GalleryError::Io { path: path.to_owned(), source })?;
         Self::from_bytes(path, &bytes, model)
     }
 
     /// As [`Gallery::load`], from the file's bytes (`path` is only reported).
     pub fn from_bytes(path: &Path, bytes: &[u8], model: &Model) -> Result<Self, GalleryError> {
-        Self::for_model(
-            path,
-            bytes,
-            &model.meta.name,
-            &model.sha256,
-            model.meta.embedding.as_ref(),
-        )
+        Self::for_model(path, bytes, &model.meta.name, &model.sha256, model.meta.embedding.as_ref())
     }
 
     /// As [`Gallery::from_bytes`], for the model named `model` with file hash `model_sha256`
@@ -219,15 +190,9 @@ impl Gallery {
         spec: Option<&EmbeddingSpec>,
     ) -> Result<Self, GalleryError> {
         let Some(spec) = spec else {
-            return Err(GalleryError::NoEmbedding {
-                path: path.to_owned(),
-                model: model.to_string(),
-            });
+            return Err(GalleryError::NoEmbedding { path: path.to_owned(), model: model.to_string() });
         };
-        let not_gallery = |detail: String| GalleryError::Format {
-            path: path.to_owned(),
-            detail,
-        };
+        let not_gallery = |detail: String| GalleryError::Format { path: path.to_owned(), detail };
         let value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| not_gallery(format!("not JSON ({e})")))?;
         // Checked first, so that any other JSON file is named as such rather than by its first missing field.
@@ -247,16 +212,11 @@ impl Gallery {
         }
         let mut problems = Vec::new();
         if file.schema != SCHEMA_VERSION {
-            problems.push(format!(
-                "schema is {}, but this amfp reads schema {SCHEMA_VERSION}: upgrade amfp",
-                file.schema
-            ));
+            problems
+                .push(format!("schema is {}, but this amfp reads schema {SCHEMA_VERSION}: upgrade amfp", file.schema));
         }
         if file.score != "relative_mahalanobis" {
-            problems.push(format!(
-                "score is {:?}; this amfp scores \"relative_mahalanobis\"",
-                file.score
-            ));
+            problems.push(format!("score is {:?}; this amfp scores \"relative_mahalanobis\"", file.score));
         }
         let dim = spec.dim as usize;
         if file.embedding.dim != dim || file.embedding.output != spec.output {
@@ -268,10 +228,7 @@ impl Gallery {
         if file.version == 0 {
             problems.push("version is 0; versions start at 1".into());
         }
-        for (name, t) in [
-            ("threshold", file.threshold),
-            ("outlier_threshold", file.outlier_threshold),
-        ] {
+        for (name, t) in [("threshold", file.threshold), ("outlier_threshold", file.outlier_threshold)] {
             if !t.is_finite() {
                 problems.push(format!("{name} is not a finite number"));
             }
@@ -294,16 +251,10 @@ impl Gallery {
         let whitening = array("whitening", &file.whitening, &[dim, dim]);
         let global_whitening = array("global_whitening", &file.global_whitening, &[dim, dim]);
         let global_mean = array("global_mean", &file.global_mean, &[dim]);
-        let means: Vec<Vec<f64>> = file
-            .machines
-            .iter()
-            .map(|m| array(&format!("machine {:?} mean", m.label), &m.mean, &[dim]))
-            .collect();
+        let means: Vec<Vec<f64>> =
+            file.machines.iter().map(|m| array(&format!("machine {:?} mean", m.label), &m.mean, &[dim])).collect();
         if file.machines.len() < 2 {
-            problems.push(format!(
-                "it has {} machine(s); a gallery needs at least two",
-                file.machines.len()
-            ));
+            problems.push(format!("it has {} machine(s); a gallery needs at least two", file.machines.len()));
         }
         let mut seen = std::collections::BTreeSet::new();
         for m in &file.machines {
@@ -316,17 +267,11 @@ impl Gallery {
                 problems.push(format!("machine {:?} was made from 0 parts", m.label));
             }
             if !(m.offset.is_finite() && m.offset >= 0.0) {
-                problems.push(format!(
-                    "machine {:?} has offset {}; expected a number >= 0",
-                    m.label, m.offset
-                ));
+                problems.push(format!("machine {:?} has offset {}; expected a number >= 0", m.label, m.offset));
             }
         }
         if !problems.is_empty() {
-            return Err(GalleryError::Invalid {
-                path: path.to_owned(),
-                problems,
-            });
+            return Err(GalleryError::Invalid { path: path.to_owned(), problems });
         }
         let whitened_means = means.iter().map(|m| mat_vec(&whitening, m, dim)).collect();
         let whitened_global_mean = mat_vec(&global_whitening, &global_mean, dim);
@@ -359,10 +304,7 @@ impl Gallery {
     /// Starts the fingerprint of one part: add its ROIs' embedding rows with
     /// [`PartPrint::add`].
     pub fn part(&self) -> PartPrint<'_> {
-        PartPrint {
-            gallery: self,
-            rois: Vec::new(),
-        }
+        PartPrint { gallery: self, rois: Vec::new() }
     }
 
     /// `d_k` of a part whose whitened mean is `wz`: the squared distance to machine `k`'s
@@ -374,9 +316,7 @@ impl Gallery {
     /// The distances of a part whose two whitened means are `wz` and `w0z`.
     fn distances(&self, wz: &[f64], w0z: &[f64]) -> Distances {
         let d0 = sq_dist(w0z, &self.whitened_global_mean);
-        let mut ranking: Vec<(usize, f64)> = (0..self.machines.len())
-            .map(|k| (k, self.distance_to(k, wz)))
-            .collect();
+        let mut ranking: Vec<(usize, f64)> = (0..self.machines.len()).map(|k| (k, self.distance_to(k, wz))).collect();
         ranking.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
         Distances { ranking, d0 }
     }
@@ -444,16 +384,9 @@ impl PartPrint<'_> {
     /// Adds one ROI's embedding row.
     pub fn add(&mut self, row: &[f32]) {
         let g = self.gallery;
-        assert_eq!(
-            row.len(),
-            g.dim,
-            "an embedding row has the gallery's dimension"
-        );
+        assert_eq!(row.len(), g.dim, "an embedding row has the gallery's dimension");
         let e: Vec<f64> = row.iter().map(|&v| v as f64).collect();
-        self.rois.push((
-            mat_vec(&g.whitening, &e, g.dim),
-            mat_vec(&g.global_whitening, &e, g.dim),
-        ));
+        self.rois.push((mat_vec(&g.whitening, &e, g.dim), mat_vec(&g.global_whitening, &e, g.dim)));
     }
 
     /// ROIs added so far.
@@ -484,30 +417,15 @@ impl PartPrint<'_> {
 
     /// The gallery's reading of the part from the ROIs so far. Panics without ROIs.
     pub fn matched(&self) -> Match {
-        assert!(
-            !self.rois.is_empty(),
-            "a part's fingerprint needs at least one ROI"
-        );
+        assert!(!self.rois.is_empty(), "a part's fingerprint needs at least one ROI");
         let g = self.gallery;
         let (wz, w0z) = self.means(None);
         let dist = g.distances(&wz, &w0z);
-        let ranking: Vec<(usize, f64)> = dist
-            .ranking
-            .iter()
-            .map(|&(k, d)| (k, d - dist.d0))
-            .collect();
+        let ranking: Vec<(usize, f64)> = dist.ranking.iter().map(|&(k, d)| (k, d - dist.d0)).collect();
         let (nearest, plain) = dist.ranking[0];
         let distance = plain - dist.d0;
         let known = distance <= g.threshold && plain <= g.outlier_threshold;
-        Match {
-            nearest,
-            distance,
-            plain_distance: plain,
-            runner_up: ranking[1],
-            ranking,
-            known,
-            rois: self.rois.len(),
-        }
+        Match { nearest, distance, plain_distance: plain, runner_up: ranking[1], ranking, known, rois: self.rois.len() }
     }
 
     /// Whether more ROIs (up to `max_rois` in all) could plausibly change the verdict: the
@@ -541,11 +459,7 @@ impl PartPrint<'_> {
         // Spread of the whitened ROI rows: the expected excess of a squared distance over n ROIs.
         let (wz, w0z) = self.means(None);
         let spread = |which: usize, mean: &[f64]| -> f64 {
-            let ss: f64 = self
-                .rois
-                .iter()
-                .map(|r| sq_dist(if which == 0 { &r.0 } else { &r.1 }, mean))
-                .sum();
+            let ss: f64 = self.rois.iter().map(|r| sq_dist(if which == 0 { &r.0 } else { &r.1 }, mean)).sum();
             ss / (n as f64 - 1.0)
         };
         let (v, v0) = (spread(0, &wz), spread(1, &w0z));
@@ -555,9 +469,7 @@ impl PartPrint<'_> {
         let remaining = ((max_rois - n) as f64 / max_rois as f64).sqrt();
         (0..3).all(|q| {
             let mean = loo.iter().map(|l| l[q]).sum::<f64>() / n as f64;
-            let se = ((n as f64 - 1.0) / n as f64
-                * loo.iter().map(|l| (l[q] - mean).powi(2)).sum::<f64>())
-            .sqrt();
+            let se = ((n as f64 - 1.0) / n as f64 * loo.iter().map(|l| (l[q] - mean).powi(2)).sum::<f64>()).sqrt();
             (projected[q] - targets[q]).abs() > z * se * remaining
         })
     }
@@ -572,16 +484,9 @@ fn decode(a: &ArrayFile, shape: &[usize]) -> Result<Vec<f64>, String> {
         .map_err(|e| format!("bad base64 ({e})"))?;
     let want: usize = shape.iter().product();
     if bytes.len() != want * 4 {
-        return Err(format!(
-            "{} bytes of data, expected {} ({want} float32 values)",
-            bytes.len(),
-            want * 4
-        ));
+        return Err(format!("{} bytes of data, expected {} ({want} float32 values)", bytes.len(), want * 4));
     }
-    let values: Vec<f64> = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-        .collect();
+    let values: Vec<f64> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect();
     if values.iter().any(|v| !v.is_finite()) {
         return Err("holds a value that is not a finite number".into());
     }
@@ -589,9 +494,7 @@ fn decode(a: &ArrayFile, shape: &[usize]) -> Result<Vec<f64>, String> {
 }
 
 fn mat_vec(m: &[f64], v: &[f64], dim: usize) -> Vec<f64> {
-    m.chunks_exact(dim)
-        .map(|row| row.iter().zip(v).map(|(a, b)| a * b).sum())
-        .collect()
+    m.chunks_exact(dim).map(|row| row.iter().zip(v).map(|(a, b)| a * b).sum()).collect()
 }
 
 fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
@@ -608,11 +511,7 @@ mod tests {
     }
 
     fn spec() -> EmbeddingSpec {
-        EmbeddingSpec {
-            output: "embedding".into(),
-            dim: 2,
-            kind: "pre-logits".into(),
-        }
+        EmbeddingSpec { output: "embedding".into(), dim: 2, kind: "pre-logits".into() }
     }
 
     /// Two machines at (0, 0) and (10, 0), identity whitening within machines, the fleet's
@@ -637,13 +536,7 @@ mod tests {
     }
 
     pub(super) fn load(v: &serde_json::Value) -> Result<Gallery, GalleryError> {
-        Gallery::for_model(
-            Path::new("g.json"),
-            v.to_string().as_bytes(),
-            "m",
-            "abc",
-            Some(&spec()),
-        )
+        Gallery::for_model(Path::new("g.json"), v.to_string().as_bytes(), "m", "abc", Some(&spec()))
     }
 
     fn matched(g: &Gallery, rows: &[[f32; 2]]) -> Match {
@@ -659,13 +552,7 @@ mod tests {
         let g = load(&file()).unwrap();
         assert_eq!(
             g.machines[0],
-            Fingerprint {
-                label: "A-1".into(),
-                process: Some("FDM".into()),
-                parts: 20,
-                offset: 0.0,
-                notes: None
-            }
+            Fingerprint { label: "A-1".into(), process: Some("FDM".into()), parts: 20, offset: 0.0, notes: None }
         );
         // Mean of the two ROIs: (1, 0). d_A = 1, d_B = 81, d_0 = 0.04 * 16 = 0.64.
         let m = matched(&g, &[[0.0, 0.0], [2.0, 0.0]]);
@@ -678,48 +565,20 @@ mod tests {
         // (0, 2): d_A = 4, d_0 = 0.04 * 29 = 1.16, r = 2.84 > 2: not near enough.
         let m = matched(&g, &[[0.0, 2.0]]);
         assert!(!m.known);
-        assert!(
-            m.unknown_because(&g)
-                .unwrap()
-                .contains("fingerprint is near enough"),
-            "{:?}",
-            m.unknown_because(&g)
-        );
+        assert!(m.unknown_because(&g).unwrap().contains("fingerprint is near enough"), "{:?}", m.unknown_because(&g));
         // (0, 30): both terms are huge and r = 900 - 0.04 * 925 = 863; the plain test names it.
         let m = matched(&g, &[[0.0, 30.0]]);
         assert!(!m.known);
-        assert!(
-            m.unknown_because(&g)
-                .unwrap()
-                .contains("far from every known machine"),
-            "{:?}",
-            m.unknown_because(&g)
-        );
+        assert!(m.unknown_because(&g).unwrap().contains("far from every known machine"), "{:?}", m.unknown_because(&g));
     }
 
     #[test]
     fn a_gallery_of_another_model_or_without_an_embedding_is_refused() {
-        let e = Gallery::for_model(
-            Path::new("g.json"),
-            file().to_string().as_bytes(),
-            "m2",
-            "def",
-            Some(&spec()),
-        )
-        .unwrap_err();
+        let e = Gallery::for_model(Path::new("g.json"), file().to_string().as_bytes(), "m2", "def", Some(&spec()))
+            .unwrap_err();
         assert!(matches!(e, GalleryError::WrongModel { .. }), "{e}");
-        assert!(
-            e.to_string().contains("sha256 abc") && e.to_string().contains("sha256 def"),
-            "{e}"
-        );
-        let e = Gallery::for_model(
-            Path::new("g.json"),
-            file().to_string().as_bytes(),
-            "m",
-            "abc",
-            None,
-        )
-        .unwrap_err();
+        assert!(e.to_string().contains("sha256 abc") && e.to_string().contains("sha256 def"), "{e}");
+        let e = Gallery::for_model(Path::new("g.json"), file().to_string().as_bytes(), "m", "abc", None).unwrap_err();
         assert!(e.to_string().contains("no embedding output"), "{e}");
     }
 
@@ -732,9 +591,7 @@ mod tests {
         v["global_mean"]["f32le"] = "!!".into();
         v["outlier_threshold"] = (-1.0).into();
         let e = load(&v).unwrap_err();
-        let GalleryError::Invalid { problems, .. } = &e else {
-            panic!("{e}")
-        };
+        let GalleryError::Invalid { problems, .. } = &e else { panic!("{e}") };
         let text = problems.join("\n");
         for want in [
             "schema is 2",
@@ -749,12 +606,7 @@ mod tests {
 
         let mut v = file();
         v["global_mean"] = array(&[2], &[f32::NAN, 0.0]);
-        assert!(
-            load(&v)
-                .unwrap_err()
-                .to_string()
-                .contains("not a finite number")
-        );
+        assert!(load(&v).unwrap_err().to_string().contains("not a finite number"));
         let mut v = file();
         v["format"] = "something".into();
         assert!(matches!(load(&v).unwrap_err(), GalleryError::Format { .. }));
@@ -763,28 +615,15 @@ mod tests {
         let e = load(&v).unwrap_err().to_string();
         assert!(e.contains("threshold"), "{e}");
         assert!(matches!(
-            Gallery::for_model(
-                Path::new("g.json"),
-                b"{ not json",
-                "m",
-                "abc",
-                Some(&spec())
-            )
-            .unwrap_err(),
+            Gallery::for_model(Path::new("g.json"), b"{ not json", "m", "abc", Some(&spec())).unwrap_err(),
             GalleryError::Format { .. }
         ));
     }
 
     #[test]
     fn the_gallery_path_sits_beside_the_model() {
-        assert_eq!(
-            beside(Path::new("models/m.int8.onnx")),
-            Path::new("models/m.int8.gallery.json")
-        );
-        assert_eq!(
-            beside(Path::new("/x/model")),
-            Path::new("/x/model.gallery.json")
-        );
+        assert_eq!(beside(Path::new("models/m.int8.onnx")), Path::new("models/m.int8.gallery.json"));
+        assert_eq!(beside(Path::new("/x/model")), Path::new("/x/model.gallery.json"));
     }
 
     /// A part whose ROIs agree and sit far inside a machine's fingerprint settles after a few

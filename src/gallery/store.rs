@@ -59,17 +59,11 @@ pub struct NewMachine {
 }
 
 fn format_error(path: &Path, detail: impl Into<String>) -> GalleryError {
-    GalleryError::Format {
-        path: path.to_owned(),
-        detail: detail.into(),
-    }
+    GalleryError::Format { path: path.to_owned(), detail: detail.into() }
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> GalleryError {
-    GalleryError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    GalleryError::Io { path: path.to_owned(), source }
 }
 
 impl Document {
@@ -82,21 +76,13 @@ impl Document {
 
     /// As [`Document::read`], from the file's bytes.
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self, GalleryError> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| format_error(path, format!("not JSON ({e})")))?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| format_error(path, format!("not JSON ({e})")))?;
         if value.get("format").and_then(Value::as_str) != Some("amfp-gallery") {
             return Err(format_error(path, "its \"format\" is not \"amfp-gallery\""));
         }
-        let doc = Self {
-            path: path.to_owned(),
-            sha256: hex(&Sha256::digest(bytes)),
-            value,
-        };
+        let doc = Self { path: path.to_owned(), sha256: hex(&Sha256::digest(bytes)), value };
         if doc.version() == 0 || !doc.value["machines"].is_array() {
-            return Err(format_error(
-                path,
-                "it has no \"version\" >= 1 or no \"machines\" array",
-            ));
+            return Err(format_error(path, "it has no \"version\" >= 1 or no \"machines\" array"));
         }
         Ok(doc)
     }
@@ -119,44 +105,29 @@ impl Document {
     /// The model the gallery belongs to: name and sha256.
     pub fn model(&self) -> (&str, &str) {
         let m = &self.value["model"];
-        (
-            m["name"].as_str().unwrap_or(""),
-            m["sha256"].as_str().unwrap_or(""),
-        )
+        (m["name"].as_str().unwrap_or(""), m["sha256"].as_str().unwrap_or(""))
     }
 
     /// The change history, oldest first (entries that do not parse are left out).
     pub fn history(&self) -> Vec<HistoryEntry> {
         self.value["history"]
             .as_array()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|e| serde_json::from_value(e.clone()).ok())
-                    .collect()
-            })
+            .map(|h| h.iter().filter_map(|e| serde_json::from_value(e.clone()).ok()).collect())
             .unwrap_or_default()
     }
 
     /// The machines' labels, in file order.
     pub fn labels(&self) -> Vec<String> {
-        self.machines()
-            .iter()
-            .filter_map(|m| m["label"].as_str().map(String::from))
-            .collect()
+        self.machines().iter().filter_map(|m| m["label"].as_str().map(String::from)).collect()
     }
 
     /// The machine entries as stored (label, process, parts, offset, notes; `mean` included).
     pub fn machines(&self) -> &[Value] {
-        self.value["machines"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.value["machines"].as_array().map(Vec::as_slice).unwrap_or(&[])
     }
 
     fn machines_mut(&mut self) -> &mut Vec<Value> {
-        self.value["machines"]
-            .as_array_mut()
-            .expect("checked on read")
+        self.value["machines"].as_array_mut().expect("checked on read")
     }
 
     /// Adds a machine, or replaces the one with the same label (re-enrollment), keeping its place.
@@ -202,18 +173,10 @@ impl Document {
 
     /// Turns this document into the next version: version + 1, this document's file as the
     /// parent, the time, and one history entry saying who did what and why.
-    pub fn next_version(
-        &mut self,
-        action: &str,
-        by: &str,
-        why: &str,
-        labels: &[String],
-    ) -> HistoryEntry {
+    pub fn next_version(&mut self, action: &str, by: &str, why: &str, labels: &[String]) -> HistoryEntry {
         let version = self.version() + 1;
-        let time = jiff::Timestamp::now()
-            .round(jiff::Unit::Second)
-            .unwrap_or_else(|_| jiff::Timestamp::now())
-            .to_string();
+        let time =
+            jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string();
         let entry = HistoryEntry {
             version,
             action: action.into(),
@@ -228,9 +191,7 @@ impl Document {
         if !self.value["history"].is_array() {
             self.value["history"] = json!([]);
         }
-        let history = self.value["history"]
-            .as_array_mut()
-            .expect("made an array above");
+        let history = self.value["history"].as_array_mut().expect("made an array above");
         history.push(serde_json::to_value(&entry).expect("a history entry serialises"));
         entry
     }
@@ -249,10 +210,7 @@ impl Document {
 /// The folder that keeps every version of the gallery at `gallery`:
 /// `m.gallery.json` → `m.gallery.versions/`.
 pub fn versions_dir(gallery: &Path) -> PathBuf {
-    let name = gallery
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = gallery.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let stem = name.strip_suffix(".json").unwrap_or(&name);
     gallery.with_file_name(format!("{stem}.versions"))
 }
@@ -299,44 +257,27 @@ pub fn commit(out: &Path, parent: &Document, doc: &Document) -> Result<Committed
     // its first version file here.
     let parent_file = version_file(&dir, parent.version());
     if !parent_file.exists() {
-        write_atomic(
-            &parent_file,
-            &std::fs::read(&parent.path).map_err(|e| io_error(&parent.path, e))?,
-        )?;
+        write_atomic(&parent_file, &std::fs::read(&parent.path).map_err(|e| io_error(&parent.path, e))?)?;
     }
     let bytes = doc.to_bytes();
     write_atomic(&version_file(&dir, doc.version()), &bytes)?;
     write_atomic(out, &bytes)?;
-    Ok(Committed {
-        path: out.to_owned(),
-        version: doc.version(),
-        sha256: hex(&Sha256::digest(&bytes)),
-    })
+    Ok(Committed { path: out.to_owned(), version: doc.version(), sha256: hex(&Sha256::digest(&bytes)) })
 }
 
 /// An exclusive lock on the versions folder, so two changes cannot interleave.
 fn lock(dir: &Path) -> Result<File, GalleryError> {
     let path = dir.join(".lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| io_error(&path, e))?;
+    let file =
+        OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| io_error(&path, e))?;
     file.lock().map_err(|e| io_error(&path, e))?;
     Ok(file)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder, synced, then renamed.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), GalleryError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = File::create(&tmp)?;
@@ -388,13 +329,7 @@ pub fn audit(gallery: &Path) -> Result<Audit, GalleryError> {
             .map_err(|e| io_error(&dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter_map(|p| {
-                let n = p
-                    .file_name()?
-                    .to_str()?
-                    .strip_prefix('v')?
-                    .strip_suffix(".json")?
-                    .parse()
-                    .ok()?;
+                let n = p.file_name()?.to_str()?.strip_prefix('v')?.strip_suffix(".json")?.parse().ok()?;
                 Some((n, p))
             })
             .collect();
@@ -429,19 +364,12 @@ pub fn audit(gallery: &Path) -> Result<Audit, GalleryError> {
     for (i, d) in docs.iter().enumerate() {
         let named = d.path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if d.path != current.path && named != format!("v{}.json", d.version()) {
-            problems.push(format!(
-                "{} holds version {}",
-                d.path.display(),
-                d.version()
-            ));
+            problems.push(format!("{} holds version {}", d.path.display(), d.version()));
         }
         let history = d.history();
         match history.last() {
             Some(e) if e.version == d.version() => {}
-            _ => problems.push(format!(
-                "version {}: its history does not end with its own change",
-                d.version()
-            )),
+            _ => problems.push(format!("version {}: its history does not end with its own change", d.version())),
         }
         let Some(prev) = i.checked_sub(1).map(|j| &docs[j]) else {
             if d.parent_sha256().is_some() && d.version() > 1 {
@@ -454,11 +382,7 @@ pub fn audit(gallery: &Path) -> Result<Audit, GalleryError> {
             continue;
         };
         if d.version() != prev.version() + 1 {
-            problems.push(format!(
-                "version {} follows version {}: a version is missing",
-                d.version(),
-                prev.version()
-            ));
+            problems.push(format!("version {} follows version {}: a version is missing", d.version(), prev.version()));
         }
         if d.parent_sha256() != Some(prev.sha256.as_str()) {
             problems.push(format!(
@@ -479,11 +403,7 @@ pub fn audit(gallery: &Path) -> Result<Audit, GalleryError> {
             ));
         }
         if d.model() != prev.model() {
-            problems.push(format!(
-                "version {} belongs to another model than version {}",
-                d.version(),
-                prev.version()
-            ));
+            problems.push(format!("version {} belongs to another model than version {}", d.version(), prev.version()));
         }
     }
     let versions = docs
@@ -497,12 +417,7 @@ pub fn audit(gallery: &Path) -> Result<Audit, GalleryError> {
             labels: d.labels(),
         })
         .collect();
-    Ok(Audit {
-        versions,
-        current: current.version(),
-        problems,
-        notes,
-    })
+    Ok(Audit { versions, current: current.version(), problems, notes })
 }
 
 /// The kept file of version `n` of the gallery at `gallery`.
@@ -567,10 +482,7 @@ mod tests {
         change(&path, "C");
         let audit = audit(&path).unwrap();
         assert!(audit.problems.is_empty(), "{:?}", audit.problems);
-        assert_eq!(
-            audit.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
-            [1, 2, 3]
-        );
+        assert_eq!(audit.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(audit.current, 3);
     }
 
@@ -597,41 +509,19 @@ mod tests {
         let dir = versions_dir(&path);
         // An altered middle version breaks the parent hash of the next.
         let v2 = version_file(&dir, 2);
-        let text = std::fs::read_to_string(&v2)
-            .unwrap()
-            .replace("new supplier", "forged");
+        let text = std::fs::read_to_string(&v2).unwrap().replace("new supplier", "forged");
         std::fs::write(&v2, &text).unwrap();
         let a = audit(&path).unwrap();
-        assert!(
-            a.problems
-                .iter()
-                .any(|p| p.contains("version 3 names parent")),
-            "{:?}",
-            a.problems
-        );
-        assert!(
-            a.problems
-                .iter()
-                .any(|p| p.contains("history does not extend")),
-            "{:?}",
-            a.problems
-        );
+        assert!(a.problems.iter().any(|p| p.contains("version 3 names parent")), "{:?}", a.problems);
+        assert!(a.problems.iter().any(|p| p.contains("history does not extend")), "{:?}", a.problems);
         // The current file edited by hand no longer matches the newest version kept.
         let tmp = tempfile::tempdir().unwrap();
         let path = gallery(tmp.path());
         change(&path, "B");
-        let text = std::fs::read_to_string(&path)
-            .unwrap()
-            .replace("\"parts\": 10", "\"parts\": 11");
+        let text = std::fs::read_to_string(&path).unwrap().replace("\"parts\": 10", "\"parts\": 11");
         std::fs::write(&path, text).unwrap();
         let a = audit(&path).unwrap();
-        assert!(
-            a.problems
-                .iter()
-                .any(|p| p.contains("changed outside amfp")),
-            "{:?}",
-            a.problems
-        );
+        assert!(a.problems.iter().any(|p| p.contains("changed outside amfp")), "{:?}", a.problems);
     }
 
     #[test]
@@ -648,11 +538,7 @@ mod tests {
         let a = audit(&path).unwrap();
         assert!(a.problems.is_empty(), "{:?}", a.problems);
         assert_eq!(a.current, 2);
-        assert!(
-            a.notes.iter().any(|n| n.contains("never became current")),
-            "{:?}",
-            a.notes
-        );
+        assert!(a.notes.iter().any(|n| n.contains("never became current")), "{:?}", a.notes);
         // The next change goes through and replaces the orphan.
         let c = change(&path, "C");
         assert_eq!(c.version, 3);

@@ -105,7 +105,8 @@ impl ModelMetadata {
         let labels = p.parse("amfp.labels", "a JSON array of at least 2 distinct, non-empty label strings", |v| {
             let labels: Vec<String> = serde_json::from_str(v).ok()?;
             let distinct: std::collections::BTreeSet<&String> = labels.iter().collect();
-            (labels.len() >= 2 && distinct.len() == labels.len() && labels.iter().all(|l| !l.is_empty())).then_some(labels)
+            (labels.len() >= 2 && distinct.len() == labels.len() && labels.iter().all(|l| !l.is_empty()))
+                .then_some(labels)
         });
         let label_process = if props.contains_key("amfp.label_process") {
             p.parse("amfp.label_process", "a JSON object from label to process", |v| {
@@ -125,7 +126,8 @@ impl ModelMetadata {
         let roi_px = p.parse("amfp.roi_px", "an integer number of pixels >= 8", |v| {
             v.trim().parse::<u32>().ok().filter(|&r| r >= 8)
         });
-        let channels = p.parse("amfp.channels", "1 or 3", |v| v.trim().parse::<u32>().ok().filter(|c| *c == 1 || *c == 3));
+        let channels =
+            p.parse("amfp.channels", "1 or 3", |v| v.trim().parse::<u32>().ok().filter(|c| *c == 1 || *c == 3));
         let mean = p.parse("amfp.mean", "a number", |v| v.trim().parse::<f32>().ok().filter(|x| x.is_finite()));
         let std = p.parse("amfp.std", "a number > 0", |v| positive(v).map(|x| x as f32));
         let min_foreground = p.parse("amfp.min_foreground", "a fraction in (0, 1]", |v| {
@@ -190,7 +192,8 @@ impl Parser<'_> {
             return None;
         }
         let output = self.parse("amfp.embedding_output", "a non-empty output name", non_empty);
-        let dim = self.parse("amfp.embedding_dim", "an integer >= 2", |v| v.trim().parse::<u32>().ok().filter(|&d| d >= 2));
+        let dim =
+            self.parse("amfp.embedding_dim", "an integer >= 2", |v| v.trim().parse::<u32>().ok().filter(|&d| d >= 2));
         let kind = self.parse("amfp.embedding_kind", "a non-empty string", non_empty);
         Some(EmbeddingSpec { output: output?, dim: dim?, kind: kind? })
     }
@@ -270,8 +273,10 @@ mod tests {
 
     #[test]
     fn label_process_must_cover_every_label() {
-        let props: Vec<_> =
-            good().into_iter().map(|(k, v)| if k == "amfp.label_process" { (k, r#"{"A-1":"FDM"}"#) } else { (k, v) }).collect();
+        let props: Vec<_> = good()
+            .into_iter()
+            .map(|(k, v)| if k == "amfp.label_process" { (k, r#"{"A-1":"FDM"}"#) } else { (k, v) })
+            .collect();
         let e = ModelMetadata::from_props(props).unwrap_err();
         assert!(e.to_string().contains("no process for label(s) B-1"), "{e}");
     }
@@ -286,7 +291,11 @@ mod tests {
     fn the_embedding_keys_are_optional_and_come_together() {
         assert_eq!(ModelMetadata::from_props(good()).unwrap().embedding, None);
         let mut props = good();
-        props.extend([("amfp.embedding_output", "embedding"), ("amfp.embedding_dim", "256"), ("amfp.embedding_kind", "pre-logits")]);
+        props.extend([
+            ("amfp.embedding_output", "embedding"),
+            ("amfp.embedding_dim", "256"),
+            ("amfp.embedding_kind", "pre-logits"),
+        ]);
         let spec = ModelMetadata::from_props(props.clone()).unwrap().embedding.unwrap();
         assert_eq!((spec.output.as_str(), spec.dim, spec.kind.as_str()), ("embedding", 256, "pre-logits"));
         props.retain(|(k, _)| *k != "amfp.embedding_kind");
@@ -302,7 +311,8 @@ mod tests {
 
     #[test]
     fn a_newer_schema_is_refused() {
-        let props: Vec<_> = good().into_iter().map(|(k, v)| if k == "amfp.schema" { (k, "2") } else { (k, v) }).collect();
+        let props: Vec<_> =
+            good().into_iter().map(|(k, v)| if k == "amfp.schema" { (k, "2") } else { (k, v) }).collect();
         assert!(ModelMetadata::from_props(props).unwrap_err().to_string().contains("amfp.schema is 2"));
     }
 }

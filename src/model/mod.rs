@@ -47,7 +47,11 @@ pub struct Model {
 
 impl fmt::Debug for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Model").field("path", &self.path).field("name", &self.meta.name).field("batch", &self.batch).finish()
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("name", &self.meta.name)
+            .field("batch", &self.batch)
+            .finish()
     }
 }
 
@@ -75,7 +79,9 @@ pub enum ModelError {
     NotOnnx { path: PathBuf, detail: String },
     #[error("model {path}: {source}")]
     Metadata { path: PathBuf, source: MetadataError },
-    #[error("model {path} does not take images: {detail}; amfp needs one float32 input [N, C, H, W] and one output [N, classes]")]
+    #[error(
+        "model {path} does not take images: {detail}; amfp needs one float32 input [N, C, H, W] and one output [N, classes]"
+    )]
     NotAnImageModel { path: PathBuf, detail: String },
     #[error("tract cannot run model {path}: {detail}")]
     Tract { path: PathBuf, detail: String },
@@ -385,7 +391,8 @@ fn tensor_signature(v: &pb::ValueInfoProto) -> (TensorSignature, i32) {
 /// row of logits per ROI; returns the declared signature.
 fn check_signature(graph: &pb::GraphProto, meta: &ModelMetadata) -> Result<Signature, String> {
     let initializers: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs: Vec<&pb::ValueInfoProto> = graph.input.iter().filter(|i| !initializers.contains(i.name.as_str())).collect();
+    let inputs: Vec<&pb::ValueInfoProto> =
+        graph.input.iter().filter(|i| !initializers.contains(i.name.as_str())).collect();
     let [input] = inputs[..] else {
         let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
         return Err(format!("it has {} inputs ({})", inputs.len(), names.join(", ")));
@@ -401,7 +408,11 @@ fn check_signature(graph: &pb::GraphProto, meta: &ModelMetadata) -> Result<Signa
     let dims = &input_sig.dims;
     let fixed = |i: usize, want: u32| dims[i].parse::<u32>().map(|n| n == want).unwrap_or(true);
     if dims.len() != 4 {
-        return Err(format!("its input {:?} has shape [{}], not an image batch [N, C, H, W]", input_sig.name, dims.join(", ")));
+        return Err(format!(
+            "its input {:?} has shape [{}], not an image batch [N, C, H, W]",
+            input_sig.name,
+            dims.join(", ")
+        ));
     }
     if !fixed(1, meta.channels) || !fixed(2, meta.roi_px) || !fixed(3, meta.roi_px) {
         return Err(format!(

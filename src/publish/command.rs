@@ -37,10 +37,7 @@ pub struct BadCommand(pub String);
 /// `claim` and `ref`, each a string or null.
 pub fn parse_inspect(payload: &[u8]) -> Result<InspectCommand, BadCommand> {
     if payload.len() > MAX_COMMAND_BYTES {
-        return Err(BadCommand(format!(
-            "payload of {} bytes is larger than {MAX_COMMAND_BYTES}",
-            payload.len()
-        )));
+        return Err(BadCommand(format!("payload of {} bytes is larger than {MAX_COMMAND_BYTES}", payload.len())));
     }
     let text = std::str::from_utf8(payload).map_err(|_| BadCommand("payload is not UTF-8 text".into()))?;
     if text.trim().is_empty() {
@@ -62,9 +59,7 @@ pub fn parse_inspect(payload: &[u8]) -> Result<InspectCommand, BadCommand> {
 fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<(), BadCommand> {
     let Some(value) = value else { return Ok(()) };
     if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
-        return Err(BadCommand(format!(
-            "`{field}` must be 1 to {max} characters without control characters"
-        )));
+        return Err(BadCommand(format!("`{field}` must be 1 to {max} characters without control characters")));
     }
     Ok(())
 }

@@ -28,13 +28,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::PublishError;
 use super::backoff::Backoff;
 use super::command::{InspectCommand, parse_inspect};
 use super::outbox::{Outbox, OutboxError, OutboxLimits, OutboxStats};
 use super::session::{Sent, Session};
 use super::transport::{self, MAX_PAYLOAD_BYTES};
 use super::wire::{self, OfflineReason, Topics};
-use super::PublishError;
 use crate::config::MqttSettings;
 use crate::result::Attribution;
 
@@ -167,10 +167,7 @@ impl MqttPublisher {
         let topics = Topics::new(&settings.base, device)
             .map_err(|message| PublishError::Setup { key: "device.id".into(), message })?;
         let options = transport::options(settings, device, &topics)?;
-        let limits = OutboxLimits {
-            max_entries: settings.outbox_max_entries,
-            max_bytes: settings.outbox_max_bytes,
-        };
+        let limits = OutboxLimits { max_entries: settings.outbox_max_entries, max_bytes: settings.outbox_max_bytes };
         let dir = settings.outbox_dir.clone();
         let (outbox, recovery) = tokio::task::spawn_blocking(move || Outbox::open(&dir, limits))
             .await
@@ -243,9 +240,8 @@ impl MqttPublisher {
         }
         let outbox = self.inner.outbox.clone();
         let id = attribution.id.clone();
-        let pushed = tokio::task::spawn_blocking(move || outbox.push(&id, &payload))
-            .await
-            .map_err(|_| PublishError::Closed)?;
+        let pushed =
+            tokio::task::spawn_blocking(move || outbox.push(&id, &payload)).await.map_err(|_| PublishError::Closed)?;
         match pushed {
             Ok(_) => {
                 if self.inner.full.swap(false, Ordering::AcqRel) {
@@ -354,9 +350,9 @@ async fn drive(mut eventloop: EventLoop, link: mpsc::Sender<Link>, mut backoff: 
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => Link::Acked(ack.pkid),
             Ok(Event::Incoming(Packet::Publish(publish))) => Link::Message(publish),
-            Ok(Event::Incoming(Packet::SubAck(ack))) => Link::Subscribed(
-                ack.return_codes.iter().all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure)),
-            ),
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                Link::Subscribed(ack.return_codes.iter().all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure)))
+            }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Link::Written(pkid),
             Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => Link::Held(pkid),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {

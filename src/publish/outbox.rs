@@ -68,7 +68,9 @@ pub enum OutboxError {
         source: io::Error,
     },
     /// The outbox is full: the result was refused and the oldest ones are kept (module docs).
-    #[error("outbox full ({entries} results, {bytes} bytes; limits {max_entries} results, {max_bytes} bytes): result refused until the broker takes the backlog")]
+    #[error(
+        "outbox full ({entries} results, {bytes} bytes; limits {max_entries} results, {max_bytes} bytes): result refused until the broker takes the backlog"
+    )]
     Full {
         /// Entries held.
         entries: u64,
@@ -179,11 +181,7 @@ impl Outbox {
             let path = path.to_path_buf();
             move |source| OutboxError::Io { path, source }
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err(dir))?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err(dir))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
@@ -238,13 +236,8 @@ impl Outbox {
             }
         }
         recovery.entries = index.entries.len() as u64;
-        let outbox = Self {
-            dir: dir.to_path_buf(),
-            limits,
-            index: Mutex::new(index),
-            writer: Mutex::new(()),
-            _lock: lock,
-        };
+        let outbox =
+            Self { dir: dir.to_path_buf(), limits, index: Mutex::new(index), writer: Mutex::new(()), _lock: lock };
         Ok((outbox, recovery))
     }
 
@@ -403,11 +396,8 @@ fn encode(id: &str, payload: &[u8]) -> Vec<u8> {
 
 /// Checks an entry's bytes; returns its id and payload length, or what is wrong.
 fn decode(bytes: &[u8]) -> Result<(String, u64), String> {
-    let head_end = bytes
-        .iter()
-        .take(MAX_HEADER)
-        .position(|&b| b == b'\n')
-        .ok_or("no complete header line (torn write?)")?;
+    let head_end =
+        bytes.iter().take(MAX_HEADER).position(|&b| b == b'\n').ok_or("no complete header line (torn write?)")?;
     let header = std::str::from_utf8(&bytes[..head_end]).map_err(|_| "header is not text")?;
     let fields: Vec<&str> = header.split(' ').collect();
     let [magic, format, len, crc, id] = fields[..] else {
@@ -434,12 +424,7 @@ fn write_durably(dir: &Path, tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()
         let p = p.to_path_buf();
         move |source| OutboxError::Io { path: p, source }
     };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)
-        .map_err(at(tmp))?;
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp).map_err(at(tmp))?;
     f.write_all(bytes).map_err(at(tmp))?;
     f.sync_all().map_err(at(tmp))?;
     drop(f);

@@ -115,10 +115,7 @@ impl Session {
 
     /// Everything not yet acknowledged, in no particular order.
     fn iter(&self) -> impl Iterator<Item = &Sent> {
-        self.handed
-            .iter()
-            .chain(self.in_flight.values().map(|(_, s)| s))
-            .chain(self.held.iter().map(|(_, s)| s))
+        self.handed.iter().chain(self.in_flight.values().map(|(_, s)| s)).chain(self.held.iter().map(|(_, s)| s))
     }
 }
 

@@ -131,9 +131,9 @@ fn tls_config(ca: &Path, cert: Option<&Path>, key: Option<&Path>) -> Result<rust
                         .map_err(|e| format!("{}: no PEM private key ({e})", key.display()))
                 })
                 .map_err(|m| setup("mqtt.client_key_file", m))?;
-            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
-                setup("mqtt.client_key_file", format!("does not fit mqtt.client_cert_file: {e}"))
-            })
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| setup("mqtt.client_key_file", format!("does not fit mqtt.client_cert_file: {e}")))
         }
         _ => Ok(builder.with_no_client_auth()),
     }

@@ -124,7 +124,8 @@ mod tests {
         assert!(on["time"].as_str().unwrap().ends_with('Z'));
         let off: Value = serde_json::from_slice(&status_offline("d", OfflineReason::Lost)).unwrap();
         assert_eq!(off, json!({"state": "offline", "device": "d", "reason": "lost"}));
-        let e: Value = serde_json::from_slice(&event("d", "camera_lost", json!({"kind": "x", "why": "unplugged"}))).unwrap();
+        let e: Value =
+            serde_json::from_slice(&event("d", "camera_lost", json!({"kind": "x", "why": "unplugged"}))).unwrap();
         assert_eq!(e["kind"], "camera_lost");
         assert_eq!(e["why"], "unplugged");
         let e: Value = serde_json::from_slice(&event("d", "note", json!("text"))).unwrap();

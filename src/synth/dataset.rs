@@ -63,10 +63,14 @@ impl SplitFractions {
             .map(|p| p.trim().parse::<f64>().map_err(|_| format!("{p:?} is not a number")))
             .collect::<Result<_, _>>()?;
         match parts[..] {
-            [train, val, test] if parts.iter().all(|&f| (0.0..=1.0).contains(&f)) && (train + val + test - 1.0).abs() < 1e-6 => {
+            [train, val, test]
+                if parts.iter().all(|&f| (0.0..=1.0).contains(&f)) && (train + val + test - 1.0).abs() < 1e-6 =>
+            {
                 Ok(Self { train, val, test })
             }
-            _ => Err(format!("split {s:?} must be three fractions train,val,test in 0..1 that sum to 1, e.g. 0.7,0.15,0.15")),
+            _ => Err(format!(
+                "split {s:?} must be three fractions train,val,test in 0..1 that sum to 1, e.g. 0.7,0.15,0.15"
+            )),
         }
     }
 }
@@ -150,7 +154,13 @@ impl DatasetSpec {
         order.shuffle(&mut rng_for(&[self.seed, name_hash(&machine.name), name_hash("split")]));
         let mut splits = vec!["test"; n];
         for (rank, &i) in order.iter().enumerate() {
-            splits[i] = if rank < n_train { "train" } else if rank < n_train + n_val { "val" } else { "test" };
+            splits[i] = if rank < n_train {
+                "train"
+            } else if rank < n_train + n_val {
+                "val"
+            } else {
+                "test"
+            };
         }
         splits
     }
@@ -223,7 +233,11 @@ impl DatasetSpec {
     /// Every frame of a planned part, view 0 first (see [`DatasetSpec::views`]).
     pub fn view_records(&self, plan: &PartPlan) -> Vec<ViewRecord> {
         (0..self.views.max(1))
-            .map(|view| ViewRecord { file: view_file(&plan.record.file, view), serial: plan.record.serial.clone(), view })
+            .map(|view| ViewRecord {
+                file: view_file(&plan.record.file, view),
+                serial: plan.record.serial.clone(),
+                view,
+            })
             .collect()
     }
 
@@ -274,7 +288,10 @@ pub fn generate(spec: &DatasetSpec, out: &Path, overwrite: bool) -> anyhow::Resu
     spec.validate()?;
     let labels_path = out.join("labels.csv");
     if labels_path.exists() && !overwrite {
-        bail!("{} already holds a dataset (labels.csv exists); pass --overwrite or choose another --out", out.display());
+        bail!(
+            "{} already holds a dataset (labels.csv exists); pass --overwrite or choose another --out",
+            out.display()
+        );
     }
     fs::create_dir_all(out).with_context(|| format!("cannot create output directory {}", out.display()))?;
     let plans = spec.plan();

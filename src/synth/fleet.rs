@@ -281,11 +281,7 @@ fn apply_overrides(unit: &ProcessParams, overrides: toml::Table) -> Result<Proce
     let allowed: Vec<String> = table.keys().cloned().collect();
     for (key, value) in overrides {
         if !table.contains_key(&key) {
-            return Err(format!(
-                "params.{key} is not a {} parameter; allowed: {}",
-                unit.process(),
-                allowed.join(", ")
-            ));
+            return Err(format!("params.{key} is not a {} parameter; allowed: {}", unit.process(), allowed.join(", ")));
         }
         // Integers are accepted where a float is expected.
         let value = match value {
@@ -315,7 +311,11 @@ mod tests {
         let (a, b) = (&fleet.machine("M2-1").unwrap().params, &fleet.machine("M2-2").unwrap().params);
         assert_ne!(a, b);
         assert_ne!(Fleet::paper(8).machine("M2-1").unwrap().params, *a);
-        let flat = Fleet::parse("unit_spread = 0\n[[machine]]\nname='a'\nmodel='carbon-m2'\n[[machine]]\nname='b'\nmodel='carbon-m2'", "t").unwrap();
+        let flat = Fleet::parse(
+            "unit_spread = 0\n[[machine]]\nname='a'\nmodel='carbon-m2'\n[[machine]]\nname='b'\nmodel='carbon-m2'",
+            "t",
+        )
+        .unwrap();
         assert_eq!(flat.machines[0].params, flat.machines[1].params);
     }
 

@@ -246,7 +246,11 @@ fn shade(surface: &Surface, material: &Material, spec: &ImagingSpec, rng: &mut S
                 .map(|k| {
                     let a = f64::from(k) * PI / 2.0 + 0.3;
                     let weight = rng.random_range(0.4..1.0);
-                    ((weight * a.cos() * e.cos()) as f32, (weight * a.sin() * e.cos()) as f32, (weight * e.sin()) as f32)
+                    (
+                        (weight * a.cos() * e.cos()) as f32,
+                        (weight * a.sin() * e.cos()) as f32,
+                        (weight * e.sin()) as f32,
+                    )
                 })
                 .collect()
         }

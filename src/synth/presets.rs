@@ -116,7 +116,9 @@ pub const MODELS: &[MachineModel] = &[
         materials: &["PA12", "PA11"],
         platform_mm: [380.0, 284.0],
         tray: [4, 5],
-        params: || ProcessParams::Mjf(MjfParams { grain_sigma: 0.27, streak_strength: 0.03, ..MjfParams::nominal(55.0) }),
+        params: || {
+            ProcessParams::Mjf(MjfParams { grain_sigma: 0.27, streak_strength: 0.03, ..MjfParams::nominal(55.0) })
+        },
     },
     MachineModel {
         id: "generic-mjf",

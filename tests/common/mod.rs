@@ -36,7 +36,9 @@ fn foreign_env() -> Vec<std::ffi::OsString> {
         .map(|(name, _)| name)
         .filter(|name| {
             let upper = name.to_string_lossy().to_ascii_uppercase();
-            upper.starts_with("AMFP") || ["RUST_LOG", "JOURNAL_STREAM", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"].contains(&upper.as_str())
+            upper.starts_with("AMFP")
+                || ["RUST_LOG", "JOURNAL_STREAM", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"]
+                    .contains(&upper.as_str())
         })
         .collect()
 }
@@ -80,7 +82,14 @@ pub fn simulate(out: &Path, machines: &[String], parts: u32, seed: u64) -> Vec<P
     amfp()
         .args(["synth", "--overwrite", "--fleet"])
         .arg(repo(FLEET))
-        .args(["--seed", &seed.to_string(), "--parts-per-machine", &parts.to_string(), "--machines", &machines.join(",")])
+        .args([
+            "--seed",
+            &seed.to_string(),
+            "--parts-per-machine",
+            &parts.to_string(),
+            "--machines",
+            &machines.join(","),
+        ])
         .arg("--out")
         .arg(out)
         .assert()

@@ -158,7 +158,8 @@ pub struct Message {
 impl Message {
     /// The payload as JSON.
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.payload).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.payload)))
+        serde_json::from_slice(&self.payload)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.payload)))
     }
 }
 

@@ -133,15 +133,21 @@ pub fn render(p: &FdmParams, part: &PartContext, grid: &Grid, s: &mut Surface) {
             let (x, y) = grid.part_xy(col, row);
             let along = x * ct + y * st;
             let across = -x * st + y * ct;
-            let displaced = across
-                - wobble_amp * (wobble_k * along + wobble_phase + across / pitch * wobble_step).sin();
+            let displaced =
+                across - wobble_amp * (wobble_k * along + wobble_phase + across / pitch * wobble_step).sin();
             let pos = (displaced - offset) / pitch;
             let road = pos.floor();
             let u = pos - road;
             let road_i = road as i64;
             // A bead wider than its road (width ripple, a worn nozzle's wide side) spills onto
             // its neighbours' ground: near a road's edge the neighbour's bead may stand higher.
-            let neighbours = if u < reach { -1..=0 } else if u > 1.0 - reach { 0..=1 } else { 0..=0 };
+            let neighbours = if u < reach {
+                -1..=0
+            } else if u > 1.0 - reach {
+                0..=1
+            } else {
+                0..=0
+            };
             let (mut bead, mut t_top, mut top_road) = (0.0f64, 1.0f64, road_i);
             for d in neighbours {
                 let r = road_i + d;

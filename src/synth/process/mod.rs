@@ -190,10 +190,7 @@ impl Grid {
     #[inline]
     pub fn part_xy(&self, col: usize, row: usize) -> (f64, f64) {
         let (c, r) = (col as f64, row as f64);
-        (
-            self.origin.0 + c * self.d_col.0 + r * self.d_row.0,
-            self.origin.1 + c * self.d_col.1 + r * self.d_row.1,
-        )
+        (self.origin.0 + c * self.d_col.0 + r * self.d_row.0, self.origin.1 + c * self.d_col.1 + r * self.d_row.1)
     }
 }
 
