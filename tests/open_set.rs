@@ -117,3 +117,75 @@ fn a_foreign_or_damaged_gallery_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Runs `amfp` with `args` and returns its stdout parsed as one JSON object.
+fn amfp_json(args: &[&str]) -> serde_json::Value {
+    let out = amfp().args(args).output().unwrap();
+    assert!(out.status.success(), "amfp {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A new unit of a known printer model, which the shipped gallery calls unknown, is enrolled
+/// from its parts (a part of another machine among them is refused by name), and its fresh
+/// parts are named as it by the new gallery version; the chain of versions is audited, a
+/// tampered version is found, and a rollback makes the unit unknown again (docs/gallery.md).
+#[test]
+fn a_new_unit_is_enrolled_named_audited_and_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let gallery = dir.path().join("g.gallery.json");
+    std::fs::copy(repo(INT8_GALLERY), &gallery).unwrap();
+    let g = gallery.to_str().unwrap();
+    let unit = vec!["5200-3".to_string()];
+    let enroll_parts = simulate(&dir.path().join("enroll"), &unit, 10, 20_261_205);
+    let fresh = simulate(&dir.path().join("fresh"), &unit, 4, 20_261_206);
+    let stray = simulate(&dir.path().join("stray"), &["S450-2".to_string()], 1, 20_261_207);
+    let fresh_files: Vec<&Path> = fresh.iter().map(|p| p.file.as_path()).collect();
+    let model = repo(INT8_MODEL);
+    let m = model.to_str().unwrap();
+
+    let (before, _) = identify_json(&["--model", m, "--gallery", g], &fresh_files);
+    assert!(before.iter().all(|a| a["label"] != "5200-3"), "{before:?}");
+
+    let mut args = vec!["enroll", "--model", m, "--gallery", g, "--label", "5200-3", "--process", "MJF", "--json"];
+    let files: Vec<String> = enroll_parts.iter().chain(&stray).map(|p| p.file.to_str().unwrap().to_string()).collect();
+    args.extend(files.iter().map(String::as_str));
+    let e = amfp_json(&args);
+    assert_eq!(
+        (e["version"].as_u64(), e["parts"].as_u64(), e["images"].as_u64()),
+        (Some(2), Some(10), Some(11)),
+        "{e}"
+    );
+    let refused = e["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{e}");
+    assert_eq!(refused[0]["image"], files[10].as_str());
+    assert!(refused[0]["reason"].as_str().unwrap().contains("far from the other parts"), "{e}");
+
+    let (after, _) = identify_json(&["--model", m, "--gallery", g], &fresh_files);
+    let named = after.iter().filter(|a| a["label"] == "5200-3").count();
+    assert!(named >= 3, "{named} of 4 fresh parts named 5200-3: {after:?}");
+    assert!(after.iter().all(|a| a["gallery"]["version"] == 2 && a["process"] != "FDM"), "{after:?}");
+
+    // Enrolling it again is an explicit act with a reason.
+    let out = amfp().args(&args[..args.len() - 1]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--reenroll"), "{out:?}");
+
+    let h = amfp_json(&["gallery", "--gallery", g, "--json", "history"]);
+    assert_eq!((h["current"].as_u64(), h["chain_ok"].as_bool()), (Some(2), Some(true)), "{h}");
+    assert_eq!(h["versions"][1]["change"]["action"], "enroll");
+
+    let r = amfp_json(&["gallery", "--gallery", g, "--json", "rollback", "1", "--why", "test"]);
+    assert_eq!(r["version"], 3);
+    let list = amfp_json(&["gallery", "--gallery", g, "--json", "list"]);
+    assert!(list["machines"].as_array().unwrap().iter().all(|m| m["label"] != "5200-3"), "{list}");
+    let (rolled, _) = identify_json(&["--model", m, "--gallery", g], &fresh_files[..1]);
+    assert_ne!(rolled[0]["label"], "5200-3");
+
+    // A kept version altered by hand breaks the chain: history says so and exits 1.
+    let v2 = dir.path().join("g.gallery.versions/v2.json");
+    let text = std::fs::read_to_string(&v2).unwrap().replace("\"MJF\"", "\"FDM\"");
+    std::fs::write(&v2, text).unwrap();
+    let out = amfp().args(["gallery", "--gallery", g, "history"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("audit chain BROKEN"), "{out:?}");
+}
