@@ -262,6 +262,30 @@ impl Identifier {
         &self.models
     }
 
+    /// The labels a claim may name: the primary gallery's machines, else the primary model's labels.
+    pub fn known_labels(&self) -> Vec<&str> {
+        match &self.galleries[0] {
+            Some(g) => g.machines.iter().map(|m| m.label.as_str()).collect(),
+            None => self.models[0].meta.labels.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Refuses a claim of a machine that amfp does not know: it could never be confirmed, and a
+    /// mistyped label must not pass as "consistent" (docs/identify.md, "Claims").
+    pub fn check_claim(&self, claim: &str) -> Result<(), String> {
+        let known = self.known_labels();
+        if known.contains(&claim) {
+            return Ok(());
+        }
+        let (what, fix) = match &self.galleries[0] {
+            Some(g) => {
+                (format!("the gallery {} (version {})", g.path.display(), g.version), "enroll it first (amfp enroll)")
+            }
+            None => (format!("model {}", self.models[0].meta.name), "check the label"),
+        };
+        Err(format!("claimed machine {claim:?} is not known to {what}; {fix}; known: {}", known.join(", ")))
+    }
+
     pub fn options(&self) -> &IdentifyOptions {
         &self.options
     }
@@ -648,10 +672,17 @@ fn claim_check(
                 .zip(machine)
                 .and_then(|(m, k)| m.ranking.iter().find(|r| r.0 == k))
                 .map(|r| round4(r.1));
-            let status = match &reading.label {
-                Err(_) => ClaimStatus::Unconfirmed,
-                Ok(label) if label == claim => ClaimStatus::Confirmed,
-                Ok(_) => ClaimStatus::Contradicted,
+            // With a gallery the claim is its own 1:1 test at the claim threshold; without one it
+            // follows the vote's verdict.
+            let supported = match (gallery, &reading.matched, machine) {
+                (Some(g), Some(m), Some(k)) => Some(m.supports_claim(g, k)),
+                _ => None,
+            };
+            let status = match (&reading.label, supported) {
+                (_, Some(true)) => ClaimStatus::Confirmed,
+                (Ok(label), _) if label != claim => ClaimStatus::Contradicted,
+                (Ok(_), None) => ClaimStatus::Confirmed,
+                _ => ClaimStatus::Unconfirmed,
             };
             (status, score, distance)
         }

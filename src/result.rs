@@ -60,8 +60,8 @@ pub enum ClaimStatus {
     Confirmed,
     /// Identified as another label.
     Contradicted,
-    /// The vote named no known label: a claimed label the model knows is not supported; a
-    /// claimed source the model does not know is consistent with it.
+    /// The evidence does not support the claimed machine well enough (in gallery mode: the 1:1
+    /// test at the claim threshold failed), and names no other machine either.
     Unconfirmed,
     /// The image was rejected: nothing to check against.
     Unjudged,

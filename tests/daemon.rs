@@ -302,6 +302,12 @@ async fn commands_trigger_inspections_and_bad_ones_are_events() {
     let e = sub.next_on(&station.topic("event")).await.json();
     assert_eq!(e["kind"], "bad_command", "{e}");
 
+    // A claim of a machine amfp does not know is refused, with the reason; nothing is judged.
+    sub.publish(&station.topic("cmd/inspect"), br#"{"claim": "L1-9", "ref": "PO-18"}"#, false).await;
+    let e = sub.next_on(&station.topic("event")).await.json();
+    assert_eq!((e["kind"].as_str(), e["ref"].as_str()), (Some("command_refused"), Some("PO-18")), "{e}");
+    assert!(e["reason"].as_str().unwrap().contains("\"L1-9\" is not known"), "{e}");
+
     sub.publish(&station.topic("cmd/inspect"), b"", false).await;
     let r2 = sub.next_on(&station.topic("result")).await.json();
     assert!(r2.get("ref").is_none() && r2.get("claim").is_none(), "{r2}");

@@ -69,6 +69,15 @@ fn noise_is_never_named_and_known_parts_are_named_with_their_distance() {
     let claim = &claimed[0]["claim"];
     assert_eq!(claim["status"], "contradicted", "{claim}");
     assert!(claim["distance"].as_f64().unwrap() > claimed[0]["gallery"]["distance"].as_f64().unwrap(), "{claim}");
+    // A claim of a machine the gallery does not know is refused before anything is judged.
+    let out = amfp()
+        .args(["identify", "--model", repo(INT8_MODEL).to_str().unwrap(), "--claim", "S450-9"])
+        .arg(first)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"S450-9\" is not known") && err.contains("amfp enroll"), "{err}");
     // --no-gallery is the paper's vote, and says so.
     let (vote, _) = identify_json(&["--model", repo(INT8_MODEL).to_str().unwrap(), "--no-gallery"], &[first]);
     assert_eq!(vote[0]["mode"], "vote");

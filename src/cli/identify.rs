@@ -160,18 +160,6 @@ pub fn run(settings: &Settings, args: IdentifyArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(claim) = &args.claim {
-        let known: Vec<&str> = match &galleries[0] {
-            Some(g) => g.machines.iter().map(|m| m.label.as_str()).collect(),
-            None => models[0].meta.labels.iter().map(String::as_str).collect(),
-        };
-        if !known.contains(&claim.as_str()) {
-            log::warn!(
-                "claimed source {claim:?} is not a machine model {} knows: it can be contradicted (the part matches a known machine) but not confirmed",
-                models[0].meta.name
-            );
-        }
-    }
     if let Some(dir) = &args.save_rois
         && let Err(e) = std::fs::create_dir_all(dir)
     {
@@ -179,6 +167,12 @@ pub fn run(settings: &Settings, args: IdentifyArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let identifier = Identifier::with_galleries(models, galleries, options);
+    if let Some(claim) = &args.claim
+        && let Err(e) = identifier.check_claim(claim)
+    {
+        eprintln!("error: --claim: {e}");
+        return ExitCode::from(crate::config::EXIT_INVALID);
+    }
     if let Some(device) = &args.camera {
         return ExitCode::from(judge_camera(&identifier, settings, &args, Path::new(device)).exit_code());
     }

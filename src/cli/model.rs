@@ -80,6 +80,7 @@ struct GalleryInfo<'a> {
     machines: Vec<&'a str>,
     threshold: f64,
     outlier_threshold: f64,
+    claim_threshold: f64,
     calibration: &'a serde_json::Value,
 }
 
@@ -118,6 +119,7 @@ pub fn run(settings: &crate::config::Settings, cmd: ModelCommand) -> ExitCode {
                         machines: g.machines.iter().map(|m| m.label.as_str()).collect(),
                         threshold: g.threshold,
                         outlier_threshold: g.outlier_threshold,
+                        claim_threshold: g.claim_threshold,
                         calibration: &g.calibration,
                     }),
                 };
@@ -200,13 +202,14 @@ fn open_set_text(model: &Model, gallery: Option<&Gallery>) -> String {
                 _ => String::new(),
             };
             format!(
-                "gallery    {} (version {}, sha256 {})\n\x20          {} machines; unknown beyond distance {:.1} (outlier {:.1}){calibrated}\n",
+                "gallery    {} (version {}, sha256 {})\n\x20          {} machines; unknown beyond distance {:.1} (outlier {:.1}){calibrated}\n\x20          claims confirmed within distance {:.1}\n",
                 g.path.display(),
                 g.version,
                 &g.sha256[..12],
                 g.machines.len(),
                 g.threshold,
-                g.outlier_threshold
+                g.outlier_threshold,
+                g.claim_threshold
             )
         }
         None => "gallery    none: verdicts by the vote alone, which names a known machine even for surfaces it has never seen\n"

@@ -123,16 +123,6 @@ pub async fn run(
     .await
     .expect("model loading panicked")
     .map_err(|e| DaemonError::Failed(e.to_string()))?;
-    if let Some(expect) = &settings.daemon.expect
-        && !models[0].meta.labels.contains(expect)
-    {
-        return Err(DaemonError::Config(format!(
-            "daemon.expect = {expect:?} is not a label of model {} ({}); expected one of: {}",
-            models[0].meta.name,
-            models[0].path.display(),
-            models[0].meta.labels.join(", ")
-        )));
-    }
     let gallery_status =
         galleries[0].as_ref().map(|g| json!({"version": g.version, "sha256": g.sha256, "machines": g.machines.len()}));
     let model_status = json!({
@@ -141,6 +131,11 @@ pub async fn run(
         "open_set": if gallery_status.is_some() { "gallery" } else { "vote" }, "gallery": gallery_status,
     });
     let identifier = Arc::new(Identifier::with_galleries(models, galleries, identify));
+    if let Some(expect) = &settings.daemon.expect
+        && let Err(why) = identifier.check_claim(expect)
+    {
+        return Err(DaemonError::Config(format!("daemon.expect: {why}")));
+    }
 
     let source_settings = settings.clone();
     let model_path = identifier.models()[0].path.clone();
@@ -192,7 +187,8 @@ pub async fn run(
     systemd.ready(&format!("ready: {} {}, model {}", described.kind, described.name, identifier.models()[0].meta.name));
     log::info!("amfp {} running as device {device}", env!("CARGO_PKG_VERSION"));
 
-    let capture_task = tokio::spawn(capture_loop(capture, jobs_tx, commands, stop_capture.clone(), mqtt.clone()));
+    let capture_task =
+        tokio::spawn(capture_loop(capture, jobs_tx, commands, stop_capture.clone(), mqtt.clone(), identifier.clone()));
     let inference_task = tokio::spawn(inference_loop(
         identifier,
         settings.clone(),
@@ -338,6 +334,7 @@ async fn capture_loop(
     mut commands: Option<mpsc::Receiver<InspectCommand>>,
     stop: CancellationToken,
     mqtt: Option<MqttPublisher>,
+    identifier: Arc<Identifier>,
 ) -> Result<(), DaemonError> {
     let Capture { source, trigger, interval, detector, max_parts } = capture;
     let mut source = Some(source);
@@ -359,12 +356,12 @@ async fn capture_loop(
                 TriggerKind::Interval => tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
                     _ = ticker.tick() => wanted = Some((None, None)),
-                    Some(cmd) = recv(&mut commands) => wanted = Some((cmd.claim, cmd.reference)),
+                    Some(cmd) = recv(&mut commands) => wanted = accepted(cmd, &identifier, &mqtt),
                 },
                 TriggerKind::Command => tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
                     cmd = recv(&mut commands) => match cmd {
-                        Some(cmd) => wanted = Some((cmd.claim, cmd.reference)),
+                        Some(cmd) => wanted = accepted(cmd, &identifier, &mqtt),
                         None => return Err(DaemonError::Failed("the MQTT command stream ended".into())),
                     },
                 },
@@ -375,7 +372,7 @@ async fn capture_loop(
                         && let Ok(cmd) = rx.try_recv()
                     {
                         if live {
-                            wanted = Some((cmd.claim, cmd.reference));
+                            wanted = accepted(cmd, &identifier, &mqtt);
                         } else {
                             log::warn!(
                                 "inspect command ignored: every part of a {} source is judged anyway",
@@ -440,6 +437,23 @@ async fn capture_loop(
         }
         sent += 1;
     }
+}
+
+/// What an inspect command asks for, `(claim, reference)`; none when its claim names a machine
+/// amfp does not know (refused with a `command_refused` event: docs/identify.md, "Claims").
+fn accepted(
+    cmd: InspectCommand,
+    identifier: &Identifier,
+    mqtt: &Option<MqttPublisher>,
+) -> Option<(Option<String>, Option<String>)> {
+    if let Some(claim) = &cmd.claim
+        && let Err(why) = identifier.check_claim(claim)
+    {
+        log::warn!("inspect command refused: {why}");
+        event(mqtt, "command_refused", json!({"reason": why, "claim": claim, "ref": cmd.reference}));
+        return None;
+    }
+    Some((cmd.claim, cmd.reference))
 }
 
 /// The next command, or never when there is no command stream.

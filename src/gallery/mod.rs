@@ -84,6 +84,9 @@ pub struct Gallery {
     pub threshold: f64,
     /// Threshold on the plain distance of the nearest machine.
     pub outlier_threshold: f64,
+    /// Threshold on the relative distance to a claimed machine, calibrated for a stated false
+    /// accept rate (docs/gallery.md, "Claims"); `threshold` when the file has none.
+    pub claim_threshold: f64,
     /// The calibration record, as in the file (reported by `amfp model inspect`).
     pub calibration: serde_json::Value,
     dim: usize,
@@ -144,6 +147,8 @@ struct GalleryFile {
     machines: Vec<MachineFile>,
     threshold: f64,
     outlier_threshold: f64,
+    #[serde(default)]
+    claim_threshold: Option<f64>,
     #[serde(default)]
     calibration: serde_json::Value,
 }
@@ -228,7 +233,11 @@ impl Gallery {
         if file.version == 0 {
             problems.push("version is 0; versions start at 1".into());
         }
-        for (name, t) in [("threshold", file.threshold), ("outlier_threshold", file.outlier_threshold)] {
+        for (name, t) in [
+            ("threshold", file.threshold),
+            ("outlier_threshold", file.outlier_threshold),
+            ("claim_threshold", file.claim_threshold.unwrap_or(0.0)),
+        ] {
             if !t.is_finite() {
                 problems.push(format!("{name} is not a finite number"));
             }
@@ -292,6 +301,7 @@ impl Gallery {
                 .collect(),
             threshold: file.threshold,
             outlier_threshold: file.outlier_threshold,
+            claim_threshold: file.claim_threshold.unwrap_or(file.threshold),
             calibration: file.calibration,
             dim,
             whitening,
@@ -351,6 +361,15 @@ pub struct Match {
 }
 
 impl Match {
+    /// Whether the part supports a claim of machine `k` (docs/gallery.md, "Claims"): `k` is
+    /// the nearest machine, within the outlier threshold, and within the claim threshold.
+    pub fn supports_claim(&self, gallery: &Gallery, k: usize) -> bool {
+        let Some(&(_, r)) = self.ranking.iter().find(|e| e.0 == k) else { return false };
+        // d_k = r_k + d_0, and d_0 is the same for every machine.
+        let d0 = self.plain_distance - self.distance;
+        self.nearest == k && r + d0 <= gallery.outlier_threshold && r <= gallery.claim_threshold
+    }
+
     /// Why a part is not named, when it is not (`None` when it is known).
     pub fn unknown_because(&self, gallery: &Gallery) -> Option<String> {
         let nearest = &gallery.machines[self.nearest].label;

@@ -91,6 +91,7 @@ SCORE = "relative_mahalanobis"
 DEFAULT_SHRINKAGE = 0.1
 SHRINKAGE_CANDIDATES = (0.01, 0.03, 0.1, 0.3)
 DEFAULT_FALSE_REJECT = 0.01
+DEFAULT_FALSE_ACCEPT = 0.01  # claims: sibling impostor claims accepted (docs/gallery.md, "Claims")
 OUTLIER_SHARE = 0.2  # the outlier test's part of the false-reject budget (t / 5)
 RECOMMENDED_CALIBRATION_PARTS = 1000
 BY = "amfp_train.gallery"
@@ -106,6 +107,8 @@ class Machine:
     process: str | None
     parts: int
     mean: np.ndarray  # [D] float32
+    offset: float = 0.0  # the small-N correction of an enrolled machine (docs/gallery.md, "Enrollment")
+    notes: str | None = None
 
 
 @dataclass
@@ -121,6 +124,7 @@ class Gallery:
     machines: list[Machine]
     threshold: float | None = None
     outlier_threshold: float | None = None
+    claim_threshold: float | None = None  # on r to a claimed machine (docs/gallery.md, "Claims")
     calibration: dict = field(default_factory=dict)
     version: int = 1
     parent_sha256: str | None = None
@@ -151,6 +155,7 @@ class Gallery:
             wz = z[i:i + chunk] @ w.T
             d[i:i + chunk] = ((wz[:, None, :] - wm[None]) ** 2).sum(-1)
         d0 = ((z @ w0.T - w0m) ** 2).sum(-1)
+        d -= np.array([m.offset for m in self.machines], dtype=np.float64)[None, :]
         return d, d0
 
     def judge(self, z: np.ndarray) -> dict:
@@ -287,7 +292,7 @@ def _between(sorted_vals: np.ndarray, keep: int) -> float:
 
 def calibrate(g: Gallery, z: np.ndarray, labels: list[str], target: float = DEFAULT_FALSE_REJECT,
               rois: int | None = None, data: str = "", vote_labels: list[str | None] | None = None,
-              extra: dict | None = None) -> dict:
+              extra: dict | None = None, claim_target: float = DEFAULT_FALSE_ACCEPT) -> dict:
     """Set g.threshold and g.outlier_threshold from calibration parts (module doc's rule) and
     fill g.calibration. Parts whose label is not in the gallery are measured as held-out parts
     (share caught as unknown), not used for the thresholds. Returns g.calibration."""
@@ -350,10 +355,71 @@ def calibrate(g: Gallery, z: np.ndarray, labels: list[str], target: float = DEFA
         cal["held_out"] = {"parts": int((~known).sum()), "labels": held,
                            "unknown_rate": float(caught.mean()),
                            "caught_by_outlier_test": int(res["outlier"][~known].sum())}
+    cal["claims"] = calibrate_claims(g, z, labels, claim_target)
     if extra:
         cal.update(extra)
     g.calibration = cal
     return cal
+
+
+def printer_model(label: str) -> str:
+    """The printer model a unit's label names: `F3B-7` -> `F3B` (the fleet's naming)."""
+    return label.rsplit("-", 1)[0]
+
+
+def calibrate_claims(g: Gallery, z: np.ndarray, labels: list[str], target: float = DEFAULT_FALSE_ACCEPT) -> dict:
+    """Set g.claim_threshold from calibration parts and return its record (docs/gallery.md, "Claims").
+
+    amfp confirms a claim of machine k when k is the part's nearest machine, d_k <= outlier_threshold
+    and r_k <= claim_threshold. Genuine claims: each known part claimed as its own machine.
+    Impostor claims: each part claimed as every *sibling* machine of the gallery (same printer
+    model, not its own machine; parts of held-out units are impostors for all their siblings),
+    the hardest claims there are. claim_threshold is the loosest cut on r with at most
+    floor(n t) of the n sibling impostor claims accepted (midway between order statistics; when
+    fewer can be accepted at all, the cut accepts every genuine claim that the other two
+    conditions allow). Other impostor claims are counted at that threshold too."""
+    z = np.asarray(z, dtype=np.float64)
+    d, d0 = g.distances(z)
+    r = d - d0[:, None]
+    nearest = d.argmin(1)
+    index = {lab: i for i, lab in enumerate(g.labels)}
+    models = np.array([printer_model(lab) for lab in g.labels], dtype=object)
+    rows = np.arange(len(z))
+    eligible = (nearest[:, None] == np.arange(len(g.labels))[None, :]) & (d <= g.outlier_threshold)
+    r_acc = np.where(eligible, r, np.inf)  # the r a claim needs to pass, inf if it cannot pass
+    own = np.array([index.get(lab, -1) for lab in labels])
+    sib = models[None, :] == np.array([printer_model(lab) for lab in labels], dtype=object)[:, None]
+    not_own = np.ones_like(sib)
+    known = own >= 0
+    not_own[rows[known], own[known]] = False
+    imp_sib = r_acc[sib & not_own]
+    genuine = r_acc[rows[known], own[known]]
+    n_imp = int(imp_sib.size)
+    allowed = int(np.floor(n_imp * target + 1e-9))
+    finite = np.sort(imp_sib[np.isfinite(imp_sib)])
+    if len(finite) > allowed:
+        below = finite[allowed - 1] if allowed > 0 else -np.inf
+        t = float((below + finite[allowed]) / 2) if np.isfinite(below) else float(finite[0] - 1.0)
+    else:
+        fg = genuine[np.isfinite(genuine)]
+        t = float(fg.max() + 1.0) if len(fg) else float(g.threshold)
+    g.claim_threshold = t
+    imp_all = r_acc[not_own]
+    return {
+        "false_accept_target": float(target),
+        "rule": "confirmed when the claimed machine is the nearest, within outlier_threshold and r <= claim_threshold; "
+                "claim_threshold: the loosest r cut with at most floor(n t) sibling impostor claims accepted",
+        "claim_threshold": t,
+        "genuine_claims": int(genuine.size),
+        "false_rejects": int((genuine > t).sum()),
+        "false_reject_rate": float((genuine > t).mean()) if genuine.size else None,
+        "sibling_impostor_claims": n_imp,
+        "sibling_false_accepts": int((imp_sib <= t).sum()),
+        "sibling_false_accept_rate": float((imp_sib <= t).mean()) if n_imp else None,
+        "impostor_claims": int(imp_all.size),
+        "false_accepts": int((imp_all <= t).sum()),
+        "false_accept_rate": float((imp_all <= t).mean()) if imp_all.size else None,
+    }
 
 
 def _quantiles(x: np.ndarray) -> dict:
@@ -409,12 +475,21 @@ def to_json(g: Gallery) -> dict:
         "whitening": encode_array(g.whitening),
         "global_mean": encode_array(g.global_mean),
         "global_whitening": encode_array(g.global_whitening),
-        "machines": [{"label": m.label, "process": m.process, "parts": int(m.parts), "mean": encode_array(m.mean)}
-                     for m in g.machines],
+        "machines": [_machine_json(m) for m in g.machines],
         "threshold": float(g.threshold),
         "outlier_threshold": float(g.outlier_threshold),
+        **({"claim_threshold": float(g.claim_threshold)} if g.claim_threshold is not None else {}),
         "calibration": g.calibration,
     }
+
+
+def _machine_json(m: Machine) -> dict:
+    out = {"label": m.label, "process": m.process, "parts": int(m.parts), "mean": encode_array(m.mean)}
+    if m.offset:
+        out["offset"] = float(m.offset)
+    if m.notes is not None:
+        out["notes"] = m.notes
+    return out
 
 
 def from_json(obj: dict) -> Gallery:
@@ -425,8 +500,8 @@ def from_json(obj: dict) -> Gallery:
     if obj.get("score") != SCORE:
         raise ValueError(f"score {obj.get('score')!r}; this reads {SCORE!r}")
     d = int(obj["embedding"]["dim"])
-    machines = [Machine(m["label"], m.get("process"), int(m["parts"]), decode_array(m["mean"], (d,)))
-                for m in obj["machines"]]
+    machines = [Machine(m["label"], m.get("process"), int(m["parts"]), decode_array(m["mean"], (d,)),
+                        float(m.get("offset", 0.0)), m.get("notes")) for m in obj["machines"]]
     if len({m.label for m in machines}) != len(machines):
         raise ValueError("machine labels are not distinct")
     return Gallery(model=dict(obj["model"]), embedding=dict(obj["embedding"]), shrinkage=float(obj["shrinkage"]),
@@ -434,6 +509,7 @@ def from_json(obj: dict) -> Gallery:
                    global_mean=decode_array(obj["global_mean"], (d,)),
                    global_whitening=decode_array(obj["global_whitening"], (d, d)), machines=machines,
                    threshold=float(obj["threshold"]), outlier_threshold=float(obj["outlier_threshold"]),
+                   claim_threshold=float(obj["claim_threshold"]) if "claim_threshold" in obj else None,
                    calibration=obj.get("calibration", {}), version=int(obj["version"]),
                    parent_sha256=obj.get("parent_sha256"), created=obj.get("created", ""),
                    history=list(obj.get("history", [])), score=obj["score"])

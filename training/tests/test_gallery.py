@@ -324,3 +324,34 @@ def test_end_to_end_on_the_tiny_model_with_onnxruntime(exported, dataset, tmp_pa
     assert obj["calibration"]["held_out"]["labels"] == [dataset["holdout"]]
     assert obj["calibration"]["false_rejects"] <= int(0.01 * obj["calibration"]["known_parts"])
     assert G.read_gallery(path).labels == g.labels
+
+
+def test_claim_threshold_bounds_sibling_false_accepts_and_offsets_shift_distances():
+    """Two sibling units of one printer model close together, a third machine far away: the claim
+    threshold admits at most floor(n t) sibling impostor claims (parts of a held-out sibling
+    included), and is applied as amfp applies it (nearest machine, outlier test, r <= t)."""
+    rng = np.random.default_rng(5)
+    centres = {"P-1": np.zeros(D), "P-2": np.full(D, 0.9), "Q-1": np.full(D, 12.0)}
+    draw = lambda lab, n, c=None: (centres[lab] if c is None else c) + rng.standard_normal((n, D))
+    z = np.concatenate([draw(lab, 40) for lab in centres])
+    y = [lab for lab in centres for _ in range(40)]
+    g = G.fit_gallery(z, y, 0.1)
+    zc = np.concatenate([draw(lab, 150) for lab in centres] + [draw("P-1", 60, np.full(D, -0.9))])
+    yc = [lab for lab in centres for _ in range(150)] + ["P-3"] * 60
+    cal = G.calibrate(g, zc, yc, 0.02, 16, "x", claim_target=0.02)["claims"]
+    assert g.claim_threshold == cal["claim_threshold"]
+    # sibling claims: P-1 parts as P-2 and back (150 each), the held-out P-3 as P-1 and P-2 (60 each)
+    assert cal["sibling_impostor_claims"] == 2 * 150 + 2 * 60
+    assert cal["sibling_false_accepts"] <= int(np.floor(0.02 * cal["sibling_impostor_claims"]))
+    d, d0 = g.distances(zc)
+    near = d.argmin(1)
+    idx = {lab: i for i, lab in enumerate(g.labels)}
+    ok = lambda i, k: near[i] == k and d[i, k] <= g.outlier_threshold and d[i, k] - d0[i] <= g.claim_threshold
+    genuine = [ok(i, idx[lab]) for i, lab in enumerate(yc) if lab in idx]
+    assert cal["genuine_claims"] == 450 and cal["false_rejects"] == genuine.count(False)
+    # an enrolled machine's offset is subtracted from its squared distances
+    before = g.distances(zc[:3])[0][:, 0]
+    g.machines[0].offset = 2.5
+    assert np.allclose(g.distances(zc[:3])[0][:, 0], before - 2.5)
+    back = G.from_json(json.loads(json.dumps(G.to_json(g))))
+    assert back.machines[0].offset == 2.5 and back.claim_threshold == g.claim_threshold
