@@ -9,6 +9,7 @@
 //! `attributes`. See docs/identify.md.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::capture::Frame;
@@ -208,8 +209,10 @@ pub struct RoiRecord {
 #[derive(Debug)]
 pub struct Identifier {
     models: Vec<Model>,
-    /// Each model's fingerprint gallery, when it has one.
-    galleries: Vec<Option<Gallery>>,
+    /// Each model's fingerprint gallery, when it has one. Behind a lock so that a new gallery
+    /// version can replace the old while parts are judged ([`Identifier::replace_gallery`]);
+    /// each part is judged with the galleries current when it started.
+    galleries: std::sync::RwLock<Vec<Option<Arc<Gallery>>>>,
     options: IdentifyOptions,
 }
 
@@ -254,7 +257,27 @@ impl Identifier {
     pub fn with_galleries(models: Vec<Model>, galleries: Vec<Option<Gallery>>, options: IdentifyOptions) -> Self {
         assert!(!models.is_empty(), "an identifier needs at least one model");
         assert_eq!(models.len(), galleries.len(), "one gallery slot per model");
+        let galleries = std::sync::RwLock::new(galleries.into_iter().map(|g| g.map(Arc::new)).collect());
         Self { models, galleries, options }
+    }
+
+    /// The galleries as they are now, one slot per model.
+    fn galleries(&self) -> Vec<Option<Arc<Gallery>>> {
+        self.galleries.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The primary model's gallery as it is now.
+    pub fn gallery(&self) -> Option<Arc<Gallery>> {
+        self.galleries().swap_remove(0)
+    }
+
+    /// Loads the gallery at `path` for the primary model and, when it loads and belongs to the
+    /// model, makes it the one parts are judged with from the next part on (a new version after
+    /// an enrollment, without a restart). On any error the current gallery stays.
+    pub fn replace_gallery(&self, path: &Path) -> Result<Arc<Gallery>, GalleryError> {
+        let gallery = Arc::new(Gallery::load(path, &self.models[0])?);
+        self.galleries.write().unwrap_or_else(|e| e.into_inner())[0] = Some(gallery.clone());
+        Ok(gallery)
     }
 
     /// The loaded models, primary first.
@@ -263,10 +286,10 @@ impl Identifier {
     }
 
     /// The labels a claim may name: the primary gallery's machines, else the primary model's labels.
-    pub fn known_labels(&self) -> Vec<&str> {
-        match &self.galleries[0] {
-            Some(g) => g.machines.iter().map(|m| m.label.as_str()).collect(),
-            None => self.models[0].meta.labels.iter().map(String::as_str).collect(),
+    pub fn known_labels(&self) -> Vec<String> {
+        match self.gallery() {
+            Some(g) => g.machines.iter().map(|m| m.label.clone()).collect(),
+            None => self.models[0].meta.labels.clone(),
         }
     }
 
@@ -274,10 +297,10 @@ impl Identifier {
     /// mistyped label must not pass as "consistent" (docs/identify.md, "Claims").
     pub fn check_claim(&self, claim: &str) -> Result<(), String> {
         let known = self.known_labels();
-        if known.contains(&claim) {
+        if known.iter().any(|l| l == claim) {
             return Ok(());
         }
-        let (what, fix) = match &self.galleries[0] {
+        let (what, fix) = match self.gallery() {
             Some(g) => {
                 (format!("the gallery {} (version {})", g.path.display(), g.version), "enroll it first (amfp enroll)")
             }
@@ -319,9 +342,10 @@ impl Identifier {
         assert!(!views.is_empty(), "a part needs at least one frame");
         let start = Instant::now();
         let exposures: Vec<Result<(), Rejection>> = views.iter().map(|v| optics::check_exposure(v.frame)).collect();
+        let galleries = self.galleries();
         let mut judgements = Vec::with_capacity(self.models.len());
         for (i, model) in self.models.iter().enumerate() {
-            judgements.push(self.judge(model, self.galleries[i].as_ref(), views, &exposures, record && i == 0)?);
+            judgements.push(self.judge(model, galleries[i].as_deref(), views, &exposures, record && i == 0)?);
         }
         let mut judgements = judgements.into_iter();
         let primary = judgements.next().expect("at least one model");
@@ -334,10 +358,11 @@ impl Identifier {
             inference: primary.inference_ms + others.iter().map(|j| j.inference_ms).sum::<f64>(),
             total: capture_ms + elapsed,
         };
-        let attributes = (1..self.models.len()).zip(&others).map(|(i, j)| self.attribute(i, j)).collect();
-        let head = self.attribute(0, &primary);
+        let attributes =
+            (1..self.models.len()).zip(&others).map(|(i, j)| self.attribute(i, galleries[i].as_deref(), j)).collect();
+        let head = self.attribute(0, galleries[0].as_deref(), &primary);
         let first = &views[0];
-        let claim = first.claim.map(|c| claim_check(&self.models[0], self.galleries[0].as_ref(), c, &primary.outcome));
+        let claim = first.claim.map(|c| claim_check(&self.models[0], galleries[0].as_deref(), c, &primary.outcome));
         let source = primary.views.iter().position(|v| v.reason.is_none()).map_or(&first.source, |i| &views[i].source);
         let attribution = Attribution {
             id: ulid::Ulid::generate().to_string(),
@@ -538,9 +563,8 @@ impl Identifier {
     }
 
     /// One model's judgement as reported (`index` into the models).
-    fn attribute(&self, index: usize, j: &ModelRun) -> AttributeResult {
+    fn attribute(&self, index: usize, gallery: Option<&Gallery>, j: &ModelRun) -> AttributeResult {
         let model = &self.models[index];
-        let gallery = self.galleries[index].as_ref();
         let meta = &model.meta;
         let model_ref = ModelRef { name: meta.name.clone(), task: meta.task.clone(), sha256: model.sha256.clone() };
         let judgement = match &j.outcome {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{AMFP_BIN, Part, amfp_process, identify_json, isolate, simulate};
+use common::{AMFP_BIN, INT8_GALLERY, INT8_MODEL, Part, amfp, amfp_process, identify_json, isolate, repo, simulate};
 use mqtt_support::{Broker, ClientOptions, PATIENCE, Subscriber, free_port};
 use serde_json::{Value, json};
 
@@ -485,4 +485,43 @@ fn bad_configuration_is_a_clear_error_at_start() {
     let (code, err) = run("[daemon]\nexpect = \"NO-SUCH-MACHINE\"\n", &["--source", "synth", "--parts", "1"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("NO-SUCH-MACHINE") && err.contains("S450-1"), "{err}");
+}
+
+/// A machine enrolled while the daemon runs is used from the next part on: the daemon sees the
+/// gallery file change (and reloads on SIGHUP too), says so in an event, and results name the
+/// new version; a damaged file is reported and the daemon keeps judging with the last good one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_gallery_version_is_picked_up_without_a_restart() {
+    let station = Station::new(307);
+    let broker = Broker::start(station.root.path());
+    let mut sub = Subscriber::connect(broker.port, &station.topic("#"), ClientOptions::default()).await;
+    let gallery = station.path("gallery.json");
+    std::fs::copy(repo(INT8_GALLERY), &gallery).unwrap();
+    let config = station.config(Some(broker.port), &format!("[model]\ngallery = \"{}\"\n", gallery.display()));
+    let mut daemon = Daemon::start(&station, &config, &[]);
+    sub.status(&station.topic("status"), "online").await;
+
+    let unit = simulate(&station.path("unit"), &["5200-3".to_string()], 10, 307_001);
+    let mut enroll = amfp();
+    enroll.args(["enroll", "--label", "5200-3", "--process", "MJF", "--model"]).arg(repo(INT8_MODEL));
+    enroll.arg("--gallery").arg(&gallery);
+    enroll.args(unit.iter().map(|p| &p.file)).assert().success();
+    let e = sub.next_on(&station.topic("event")).await.json();
+    assert_eq!((e["kind"].as_str(), e["version"].as_u64()), (Some("gallery_reloaded"), Some(2)), "{e}");
+    assert_eq!(e["machines"], 22);
+
+    daemon.signal("HUP");
+    let e = sub.next_on(&station.topic("event")).await.json();
+    assert_eq!((e["kind"].as_str(), e["trigger"].as_str()), (Some("gallery_reloaded"), Some("SIGHUP")), "{e}");
+
+    std::fs::write(&gallery, b"{ damaged").unwrap();
+    let e = sub.next_on(&station.topic("event")).await.json();
+    assert_eq!(e["kind"], "gallery_reload_failed", "{e}");
+    assert!(e["reason"].as_str().unwrap().contains("not JSON"), "{e}");
+    station.drop_part(0);
+    let r = sub.next_on(&station.topic("result")).await.json();
+    assert_eq!(r["gallery"]["version"], 2, "judged with the last good gallery: {r}");
+
+    daemon.signal("TERM");
+    assert_eq!(daemon.exit().await.0, Some(0), "{}", daemon.log());
 }

@@ -189,6 +189,8 @@ pub async fn run(
 
     let capture_task =
         tokio::spawn(capture_loop(capture, jobs_tx, commands, stop_capture.clone(), mqtt.clone(), identifier.clone()));
+    let reload_task =
+        identifier.gallery().map(|g| tokio::spawn(reload_gallery(identifier.clone(), g.path.clone(), mqtt.clone())));
     let inference_task = tokio::spawn(inference_loop(
         identifier,
         settings.clone(),
@@ -229,6 +231,9 @@ pub async fn run(
             },
         }
     };
+    if let Some(task) = reload_task {
+        task.abort();
+    }
     systemd.stopping();
     let mut summary = RunSummary { judged, delivered, ..Default::default() };
     if let Some(mqtt) = &mqtt {
@@ -322,6 +327,64 @@ fn event(mqtt: &Option<MqttPublisher>, kind: &str, detail: Value) {
         && let Err(e) = m.publish_event(kind, detail)
     {
         log::warn!("mqtt: {kind} event not sent: {e}");
+    }
+}
+
+/// How often the gallery file is looked at for a new version.
+const GALLERY_POLL: Duration = Duration::from_secs(2);
+
+/// Replaces the primary gallery with the file at `path` when it changes (a new version written
+/// by `amfp enroll` or `amfp gallery`; looked at every [`GALLERY_POLL`]) or on SIGHUP
+/// (`systemctl reload amfp`). A file that does not load (damaged, another model's) is reported
+/// and the daemon keeps judging with the gallery it has (docs/daemon.md, "Gallery updates").
+async fn reload_gallery(identifier: Arc<Identifier>, path: PathBuf, mqtt: Option<MqttPublisher>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| log::warn!("cannot listen for SIGHUP ({e}): the gallery is reloaded when its file changes"))
+        .ok();
+    let stamp = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
+    let mut seen = stamp(&path);
+    let mut poll = tokio::time::interval(GALLERY_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let why = tokio::select! {
+            Some(()) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+            _ = poll.tick() => {
+                let now = stamp(&path);
+                if now == seen || now.is_none() { continue }
+                seen = now;
+                "the file changed"
+            }
+        };
+        let before = identifier.gallery().map(|g| g.sha256.clone());
+        let loading = path.clone();
+        let id = identifier.clone();
+        match tokio::task::spawn_blocking(move || id.replace_gallery(&loading)).await.expect("gallery loading panicked")
+        {
+            Ok(g) => {
+                log::info!(
+                    "gallery {} reloaded ({why}): version {}, {} machines, sha256 {}",
+                    g.path.display(),
+                    g.version,
+                    g.machines.len(),
+                    &g.sha256[..12]
+                );
+                event(
+                    &mqtt,
+                    "gallery_reloaded",
+                    json!({"path": g.path, "version": g.version, "sha256": g.sha256, "machines": g.machines.len(),
+                           "previous_sha256": before, "trigger": why}),
+                );
+            }
+            Err(e) => {
+                log::error!("gallery not reloaded ({why}): {e}; still judging with the one loaded before");
+                event(
+                    &mqtt,
+                    "gallery_reload_failed",
+                    json!({"path": path, "reason": e.to_string(), "kept_sha256": before}),
+                );
+            }
+        }
     }
 }
 
