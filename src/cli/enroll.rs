@@ -67,6 +67,10 @@ pub struct EnrollArgs {
     /// Images judged at once (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
+    /// Largest estimated share of parts the new machine and any other may swap (0-1): a machine
+    /// the model cannot tell from another is refused, since it would take that machine's parts.
+    #[arg(long, value_name = "RATE", default_value_t = gallery::MAX_CONFUSION)]
+    pub max_confusion: f64,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -146,7 +150,10 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
         .map(usize::from)
         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let (parts, unusable) = embed_all(&identifier, settings, args.pixel_um, &images, threads)?;
-    let enrollment = gallery.enroll(label, &parts, existing)?;
+    if !(0.0..=1.0).contains(&args.max_confusion) {
+        bail!("--max-confusion {} is not a rate between 0 and 1", args.max_confusion);
+    }
+    let enrollment = gallery.enroll(label, &parts, existing, args.max_confusion)?;
     let mut doc = parent.clone();
     doc.put_machine(&NewMachine {
         label: label.to_string(),
@@ -176,6 +183,7 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
             "refused": refused.iter().map(|r| json!({"image": r.source, "reason": r.reason})).collect::<Vec<_>>(),
             "offset": enrollment.offset, "spread": enrollment.spread, "reference_parts": enrollment.reference_parts,
             "nearest": enrollment.nearest.as_ref().map(|(l, d)| json!({"label": l, "distance": d})),
+            "confusion": enrollment.confusion.as_ref().map(|(l, c)| json!({"label": l, "rate": c})),
             "named_before": enrollment.named_before.iter().map(|(l, c)| json!({"label": l, "parts": c})).collect::<Vec<_>>(),
             "warnings": enrollment.warnings,
         });
@@ -192,6 +200,9 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
         );
         if let Some((other, d)) = &enrollment.nearest {
             println!("  nearest other machine: {other} (fingerprints {d:.1} apart)");
+        }
+        if let Some((other, c)) = &enrollment.confusion {
+            println!("  most confusable with {other}: about {:.2} % of parts either way", 100.0 * c);
         }
         println!(
             "  small-N offset {:.1} (spread {:.1}, {} parts against {})",

@@ -13,6 +13,9 @@ use super::{Gallery, mat_vec, sq_dist};
 pub const MIN_PARTS: usize = 3;
 /// Parts recommended (the pilot: ten parts from at least two builds looked like the floor).
 pub const RECOMMENDED_PARTS: usize = 10;
+/// Default largest estimated confusion with another machine that an enrollment accepts
+/// (`amfp enroll --max-confusion`): beyond it the new machine would take the other's parts.
+pub const MAX_CONFUSION: f64 = 0.01;
 /// Largest share of the parts that may be refused before the whole enrollment is: beyond it the
 /// parts do not agree with each other, so no fingerprint can be trusted.
 pub const MAX_REFUSED_SHARE: f64 = 1.0 / 3.0;
@@ -53,6 +56,9 @@ pub struct Enrollment {
     pub named_before: Vec<(String, usize)>,
     /// Taken parts nearer to another machine than to the mean of the other taken parts.
     pub nearer_to_other: Vec<(String, usize)>,
+    /// The other machine this one is most likely confused with, and the estimated share of
+    /// either machine's parts named as the other (see [`confusion`]).
+    pub confusion: Option<(String, f64)>,
     /// What a person should know (few parts, machines that cannot be told apart).
     pub warnings: Vec<String>,
 }
@@ -70,18 +76,28 @@ pub enum EnrollError {
         .reasons.join("\n  - ")
     )]
     Inconsistent { label: String, parts: usize, refused: usize, reasons: Vec<String> },
+    #[error(
+        "{label} cannot be told apart from {other} by this model: their fingerprints are {distance:.1} apart, and \
+         about {:.1} % of either machine's parts would be named as the other (limit {:.1} %); enrolling it would \
+         cost {other} its parts. Check that the parts are {label}'s; a model trained with both machines can \
+         separate them; --max-confusion 1 enrolls it anyway",
+        100.0 * .confusion, 100.0 * .limit
+    )]
+    Indistinguishable { label: String, other: String, distance: f64, confusion: f64, limit: f64 },
     #[error("a part embedding has {got} values, but the gallery's embedding has {want}")]
     Dimension { got: usize, want: usize },
 }
 
 impl Gallery {
     /// The fingerprint of machine `label` from `parts`. `replacing` is the index of the machine
-    /// being re-enrolled (left out of the comparisons with other machines).
+    /// being re-enrolled (left out of the comparisons with other machines). Refuses a machine whose estimated confusion
+    /// with another exceeds `max_confusion`.
     pub fn enroll(
         &self,
         label: &str,
         parts: &[PartEmbedding],
         replacing: Option<usize>,
+        max_confusion: f64,
     ) -> Result<Enrollment, EnrollError> {
         let dim = self.dim;
         if let Some(p) = parts.iter().find(|p| p.embedding.len() != dim) {
@@ -170,6 +186,23 @@ impl Gallery {
                 bump(&mut nearer_to_other, &self.machines[k].label);
             }
         }
+        let confusion = others
+            .iter()
+            .map(|&k| (k, confusion(&kept, &wmean, &self.whitened_means[k])))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(k, c)| (self.machines[k].label.clone(), c));
+        if let Some((other, c)) = &confusion
+            && *c > max_confusion
+        {
+            let k = self.machines.iter().position(|x| &x.label == other).expect("a machine of the gallery");
+            return Err(EnrollError::Indistinguishable {
+                label: label.into(),
+                other: other.clone(),
+                distance: sq_dist(&wmean, &self.whitened_means[k]),
+                confusion: *c,
+                limit: max_confusion,
+            });
+        }
         let mut warnings = Vec::new();
         if m < RECOMMENDED_PARTS {
             warnings.push(format!(
@@ -205,6 +238,7 @@ impl Gallery {
             nearest,
             named_before,
             nearer_to_other,
+            confusion,
             warnings,
         })
     }
@@ -221,6 +255,37 @@ impl Gallery {
         let counts = if fitted.is_empty() { pick(false) } else { fitted };
         if counts.is_empty() { RECOMMENDED_PARTS } else { median(&counts).round() as usize }
     }
+}
+
+/// The estimated share of parts two machines would swap: the new machine's whitened parts
+/// `rows` (mean `mean`) projected on the line to the other machine's whitened mean `other`, with
+/// the spread `σ` along it estimated from those parts and taken as both machines' own, give
+/// `Φ(-Δ / 2σ)` for the nearest-mean rule, `Δ` the distance between the two means.
+pub fn confusion(rows: &[Vec<f64>], mean: &[f64], other: &[f64]) -> f64 {
+    let u: Vec<f64> = mean.iter().zip(other).map(|(a, b)| a - b).collect();
+    let delta = u.iter().map(|v| v * v).sum::<f64>().sqrt();
+    if delta == 0.0 {
+        return 0.5;
+    }
+    let var = rows
+        .iter()
+        .map(|r| (r.iter().zip(mean).zip(&u).map(|((x, m), u)| (x - m) * u).sum::<f64>() / delta).powi(2))
+        .sum::<f64>()
+        / (rows.len() as f64 - 1.0).max(1.0);
+    if var == 0.0 {
+        return 0.0;
+    }
+    normal_cdf(-delta / (2.0 * var.sqrt()))
+}
+
+/// The standard normal distribution function (Abramowitz and Stegun 7.1.26, error < 1.5e-7).
+fn normal_cdf(x: f64) -> f64 {
+    let z = x.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly =
+        t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let erfc = poly * (-z * z).exp();
+    if x >= 0.0 { 1.0 - 0.5 * erfc } else { 0.5 * erfc }
 }
 
 /// The small-N offset: how much farther, in squared whitened distance, a fresh part lies from a
@@ -273,7 +338,7 @@ mod tests {
         let mut parts: Vec<PartEmbedding> =
             (0..10).map(|i| part(i, 0.3 * ((i % 3) as f32 - 1.0), 5.0 + 0.3 * ((i % 2) as f32 - 0.5))).collect();
         parts.push(part(99, 0.0, -6.0));
-        let e = g.enroll("C-1", &parts, None).unwrap();
+        let e = g.enroll("C-1", &parts, None, MAX_CONFUSION).unwrap();
         assert_eq!(e.parts, 10);
         assert_eq!(e.refused.len(), 1, "{:?}", e.refused);
         assert_eq!(e.refused[0].source, "p99.png");
@@ -290,17 +355,18 @@ mod tests {
     fn parts_that_disagree_or_are_too_few_refuse_the_enrollment() {
         let g = load(&file()).unwrap();
         let two = [part(0, 0.0, 5.0), part(1, 0.1, 5.0)];
-        assert!(matches!(g.enroll("C-1", &two, None), Err(EnrollError::TooFewParts { parts: 2, .. })));
+        assert!(matches!(g.enroll("C-1", &two, None, MAX_CONFUSION), Err(EnrollError::TooFewParts { parts: 2, .. })));
         // Half the parts near (0, 5), half near (0, -5): no fingerprint fits both.
         let mixed: Vec<PartEmbedding> =
             (0..8).map(|i| part(i, 0.1 * (i % 2) as f32, if i < 4 { 5.0 } else { -5.0 })).collect();
-        let e = g.enroll("C-1", &mixed, None).unwrap_err();
+        let e = g.enroll("C-1", &mixed, None, MAX_CONFUSION).unwrap_err();
         assert!(matches!(e, EnrollError::Inconsistent { .. }), "{e}");
         assert!(e.to_string().contains("do not agree"), "{e}");
         let e = g.enroll(
             "C-1",
             &[part(0, 1.0, 1.0), part(1, 1.0, 1.0), PartEmbedding { source: "x".into(), embedding: vec![1.0] }],
             None,
+            MAX_CONFUSION,
         );
         assert!(matches!(e, Err(EnrollError::Dimension { got: 1, want: 2 })));
     }
@@ -312,7 +378,12 @@ mod tests {
         let g = load(&file()).unwrap();
         let parts: Vec<PartEmbedding> =
             (0..10).map(|i| part(i, 0.2 * ((i % 3) as f32 - 1.0), 0.1 * (i % 2) as f32)).collect();
-        let e = g.enroll("A-2", &parts, None).unwrap();
+        let e = g.enroll("A-2", &parts, None, MAX_CONFUSION).unwrap_err();
+        assert!(matches!(&e, EnrollError::Indistinguishable { other, .. } if other == "A-1"), "{e}");
+        assert!(e.to_string().contains("cannot be told apart from A-1"), "{e}");
+        // Asked to enroll it anyway, it says so in its warnings.
+        let e = g.enroll("A-2", &parts, None, 1.0).unwrap();
+        assert!(e.confusion.as_ref().is_some_and(|(l, c)| l == "A-1" && *c > 0.3), "{:?}", e.confusion);
         assert_eq!(e.named_before, [("A-1".to_string(), 10)]);
         assert!(
             e.warnings.iter().any(|w| w.contains("A-1") && w.contains("may not be told apart")),
@@ -320,8 +391,21 @@ mod tests {
             e.warnings
         );
         // Re-enrolling A-1 itself leaves A-1 out of the comparison.
-        let e = g.enroll("A-1", &parts, Some(0)).unwrap();
+        let e = g.enroll("A-1", &parts, Some(0), MAX_CONFUSION).unwrap();
         assert!(e.named_before.is_empty() && e.nearest.unwrap().0 == "B-1");
+    }
+
+    #[test]
+    fn confusion_falls_with_the_distance_between_machines_in_units_of_the_spread() {
+        // Parts at x = ±1 around 0 (σ = 1.05 along x), the other machine at x = d.
+        let rows: Vec<Vec<f64>> = (0..10).map(|i| vec![if i % 2 == 0 { 1.0 } else { -1.0 }, 0.0]).collect();
+        let mean = [0.0, 0.0];
+        let c = |d: f64| confusion(&rows, &mean, &[d, 0.0]);
+        let sigma = (10.0f64 / 9.0).sqrt();
+        assert!((c(2.0 * sigma) - 0.158_655).abs() < 1e-5, "{}", c(2.0 * sigma));
+        assert!(c(1.0) > c(3.0) && c(3.0) > c(6.0));
+        assert_eq!(confusion(&rows, &mean, &mean), 0.5);
+        assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7 && (normal_cdf(1.96) - 0.975).abs() < 1e-4);
     }
 
     #[test]

@@ -20,7 +20,10 @@ use sha2::{Digest, Sha256};
 mod enroll;
 mod store;
 
-pub use enroll::{EnrollError, Enrollment, MIN_PARTS, PartEmbedding, RECOMMENDED_PARTS, Refused, small_n_offset};
+pub use enroll::{
+    EnrollError, Enrollment, MAX_CONFUSION, MIN_PARTS, PartEmbedding, RECOMMENDED_PARTS, Refused, confusion,
+    small_n_offset,
+};
 pub use store::{
     Audit, Committed, Document, HistoryEntry, NewMachine, Version, audit, commit, read_version, versions_dir,
 };
