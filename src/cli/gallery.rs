@@ -104,7 +104,7 @@ fn command(settings: &Settings, args: GalleryArgs) -> Result<ExitCode> {
             if next.labels().len() < 2 {
                 bail!("removing {label:?} would leave fewer than two machines in gallery {}", path.display());
             }
-            next.next_version("remove", &by.unwrap_or_else(default_by), &why, &[label.clone()]);
+            next.next_version("remove", &by.unwrap_or_else(default_by), &why, std::slice::from_ref(&label));
             let c = gallery::commit(&path, &doc, &next)?;
             report_change(json, &format!("removed {label}"), &c);
         }
