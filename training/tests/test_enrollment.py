@@ -279,7 +279,8 @@ AMFP = os.environ.get("AMFP_BIN")
 @pytest.mark.skipif(not AMFP, reason="needs the amfp binary (AMFP_BIN)")
 def test_quick_run_through_the_binary(tmp_path):
     """Two sibling units enrolled one after the other, a few fresh parts, claims, through the real
-    binary (about half a minute on 2 cores)."""
+    binary (about half a minute on 2 cores). F3B-31 is enrolled; F3B-32 lies so near F3B-1 that
+    amfp refuses it (it would take F3B-1's parts), and its parts stay impostors for F3B claims."""
     if not has_enroll(AMFP):
         pytest.skip(f"{AMFP} has no `enroll` subcommand (`{AMFP} enroll --help` fails)")
     sha = hashlib.sha256(GALLERY.read_bytes()).hexdigest()
@@ -289,12 +290,13 @@ def test_quick_run_through_the_binary(tmp_path):
     assert hashlib.sha256(GALLERY.read_bytes()).hexdigest() == sha  # the model's gallery is only read
     assert res["problems"] == []
     assert [e["unit"] for e in res["enrollments"]] == en.QUICK_UNITS
-    for e in res["enrollments"]:
-        assert e["exit"] == 0 and e["json"]["parts"] + len(e["json"]["refused"]) == 10
+    first, second = res["enrollments"]
+    assert first["exit"] == 0 and first["json"]["parts"] + len(first["json"]["refused"]) == 10
+    assert second["exit"] == 1 and "cannot be told apart from F3B-1" in second["stderr"], second["stderr"]
     base_v = json.loads(GALLERY.read_text())["version"]
-    assert res["enrolled_gallery"]["version"] == base_v + 2
+    assert res["enrolled_gallery"]["version"] == base_v + 1
     labels = [m["label"] for m in json.loads((tmp_path / "out" / "enrolled.gallery.json").read_text())["machines"]]
-    assert labels[-2:] == en.QUICK_UNITS
+    assert labels[-1] == "F3B-31" and "F3B-32" not in labels
     ident = res["identification"]
     assert {u: r["enrolled"]["parts"] for u, r in ident["units"].items()} == {u: 3 for u in en.QUICK_UNITS}
     assert ident["known"]["base"]["parts"] == 2 * len(en.QUICK_KNOWN)
@@ -302,12 +304,17 @@ def test_quick_run_through_the_binary(tmp_path):
     # the base gallery cannot name a unit it does not have; the enrolled one names most of them
     assert all(r.get("label") not in en.QUICK_UNITS for r in map(json.loads, (tmp_path / "out" / "results" / "base.jsonl")
                                                                .read_text().splitlines()))
-    assert ident["units_pooled"]["enrolled"]["right"]["count"] >= 4
+    assert ident["units"]["F3B-31"]["enrolled"]["right"]["count"] >= 2
+    assert ident["units"]["F3B-32"]["enrolled"]["right"]["count"] == 0
     c = res["claims"]
-    assert c["rows"]["genuine"]["claims"] == 12 and c["rows"]["other (sampled)"]["claims"] == 12
-    assert c["rows"]["sibling"]["claims"] == 10 * 7 + 2 * 5  # F3B: 6 known + 2 enrolled; M2: 6 known
-    assert c["against_verdicts"]["disagree"] == 0
-    assert sum(c["rows"]["genuine"]["statuses"].values()) == 12 and "missing" not in c["rows"]["genuine"]["statuses"]
+    # genuine: 3 parts of F3B-31 and 2 of each known machine; F3B-32's parts have no label to claim
+    assert c["rows"]["genuine"]["claims"] == 9 and c["rows"]["other (sampled)"]["claims"] == 12
+    # siblings: F3B-31 and F3B-1/2 parts claim the 6 other F3B labels, F3B-32's parts all 7; M2-1 the 5 others
+    assert c["rows"]["sibling"]["claims"] == 3 * 6 + 3 * 7 + 4 * 6 + 2 * 5
+    # a claim differs from the verdict only where the verdict's vote-disagreement rule called a
+    # part unknown (the claim test has no such rule; claim_threshold = threshold in this gallery)
+    assert c["against_verdicts"]["unexplained"] == 0
+    assert sum(c["rows"]["genuine"]["statuses"].values()) == 9 and "missing" not in c["rows"]["genuine"]["statuses"]
     text = (tmp_path / "out" / "report.md").read_text()
     assert "SIMULATED" in text and "## Bars (issue 21)" in text and md.read_text() == text
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
