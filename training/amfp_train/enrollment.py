@@ -362,6 +362,13 @@ def num(x) -> str:
     return f"{x:.2f}" if isinstance(x, (int, float)) else "—" if x is None else str(x)
 
 
+def error_message(stderr: str) -> str:
+    """amfp's ``error:`` line(s) from its stderr (its log lines left out), else the last 300 characters."""
+    lines = stderr.strip().splitlines()
+    i = next((k for k, ln in enumerate(lines) if ln.startswith("error:")), None)
+    return " ".join(ln.strip() for ln in lines[i:]) if i is not None else stderr.strip()[-300:]
+
+
 def cell(c: dict) -> str:
     return "—" if not c["of"] else f"{c['count']} ({_pct(c['rate'])} ± {_pct(c['se'])})"
 
@@ -392,7 +399,7 @@ def report_md(res: dict) -> str:
         before = ", ".join(f"{x.get('label')} {x.get('parts')}" for x in j.get("named_before") or []
                            if isinstance(x, dict))
         if e["exit"] != 0:
-            warn = f"**exit {e['exit']}**: {e.get('stderr', '').strip()[-200:]}"
+            warn = f"**exit {e['exit']}**: {error_message(e.get('stderr', ''))}"
         lines.append(f"| {i} | {e['unit']} | {e['process']} | {e['images']} | {j.get('parts', '—')} | "
                      f"{len(j.get('refused') or [])} | {j.get('version', '—')} | {num(j.get('offset'))} | {near_s} | "
                      f"{before} | {warn.replace('|', '/')} | {e['took_s']:.1f} |")

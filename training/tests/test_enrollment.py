@@ -331,7 +331,7 @@ def test_report_renders_and_survives_json():
                      "offset": 5.3, "nearest": {"label": "F3B-3", "distance": 642.9},
                      "named_before": [{"label": "F3B-1", "parts": 8}], "warnings": ["may not be told apart"]}}
     failed = {"unit": "M2-31", "process": "DLS", "images": 10, "exit": 1, "took_s": 0.5, "json": None,
-              "stderr": "error: too few parts"}
+              "stderr": "<6>amfp::identify: model m (21 labels)\nerror: too few parts:\n  - a.png: far"}
     res = {"quick": False, "sizes": dict(en.FULL), "identification": ident, "claims": claims, "claims_sampled": "sampled.",
            "model": "m.onnx", "gallery": "g.json", "base_gallery": {"version": 1, "machines": 21, "sha256": "ab" * 32},
            "fleet": "f.toml", "amfp": "amfp", "seed": en.BASE_SEED, "known_machines": ["F3B-1"], "threads": 2,
@@ -339,7 +339,7 @@ def test_report_renders_and_survives_json():
     res["bars"] = en.check_bars(ident, claims)
     md = en.report_md(res)
     assert "| 1 | F3B-31 | SLA | 10 | 9 | 1 | 2 | 5.30 | F3B-3 (642.90) | F3B-1 8 | 1 | 1.5 |" in md
-    assert "**exit 1**: error: too few parts" in md and "- F3B-31: `x.png`: far from the rest" in md
+    assert "**exit 1**: error: too few parts: - a.png: far |" in md and "- F3B-31: `x.png`: far from the rest" in md
     assert "- F3B-31: may not be told apart" in md and "F3B-31: threshold" in md
     assert "| M2-31: fresh parts identified as it | 92.50 % | >= 95.0 % | **no** |" in md
     assert "-0.50 ± 0.87 points (2 parts lost, 1 gained)" in md
