@@ -486,6 +486,20 @@ mod tests {
         assert_eq!(audit.current, 3);
     }
 
+    /// Rewriting a gallery leaves every number it does not change as it was, to the last bit
+    /// (serde_json's float_roundtrip), so a version changes only what its history entry says.
+    #[test]
+    fn numbers_a_change_does_not_touch_survive_to_the_last_bit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = gallery(tmp.path());
+        change(&path, "B");
+        let text = std::fs::read_to_string(&path).unwrap().replace("\"offset\": 1.5", "\"offset\": 2.0033998518284846");
+        std::fs::write(&path, text).unwrap();
+        let doc = Document::read(&path).unwrap();
+        let again = String::from_utf8(doc.to_bytes()).unwrap();
+        assert!(again.contains("\"offset\": 2.0033998518284846"), "{again}");
+    }
+
     #[test]
     fn a_change_made_from_a_stale_version_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
