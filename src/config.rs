@@ -52,6 +52,8 @@ pub struct Settings {
     pub daemon: crate::daemon::settings::DaemonSettings,
     /// `[output]`: the daemon's local sinks (stdout, results log, evidence images).
     pub output: crate::daemon::settings::OutputSettings,
+    /// `[drift]`: drift monitoring of the known machines in `amfp run`.
+    pub drift: crate::drift::DriftSettings,
 }
 
 /// Identity of the device in results and MQTT topics.
@@ -320,9 +322,9 @@ fn allowed(key: &str) -> Option<&'static str> {
     all_allowed().find(|(k, _)| *k == key).map(|(_, a)| *a)
 }
 
-/// Every key with what it accepts: this module's table and the daemon's sections' table.
+/// Every key with what it accepts: this module's table, the daemon's sections' and drift monitoring's.
 fn all_allowed() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
-    ALLOWED.iter().chain(crate::daemon::settings::ALLOWED)
+    ALLOWED.iter().chain(crate::daemon::settings::ALLOWED).chain(crate::drift::ALLOWED)
 }
 
 /// A value that deserialised but is not allowed, found by [`Settings::check`].
@@ -362,6 +364,9 @@ impl Settings {
         self.check_identify(&mut bad);
         self.check_mqtt(&mut bad);
         for (key, shown) in crate::daemon::settings::check(&self.source, &self.daemon, &self.output) {
+            bad(key, format!("{shown} is not allowed; expected {}", allowed(key).unwrap_or_default()));
+        }
+        for (key, shown) in crate::drift::check(&self.drift) {
             bad(key, format!("{shown} is not allowed; expected {}", allowed(key).unwrap_or_default()));
         }
         if let Some((key, message)) = crate::daemon::settings::check_together(&self.source) {
@@ -1376,7 +1381,7 @@ mod tests {
         assert!(
             sinth
                 .message
-                .contains("unknown section; expected one of: log, synth, device, model, camera, identify, mqtt, source, daemon, output; did you mean `synth`?"),
+                .contains("unknown section; expected one of: log, synth, device, model, camera, identify, mqtt, source, daemon, output, drift; did you mean `synth`?"),
             "{sinth}"
         );
         let sed = &e.problems()[4];

@@ -46,7 +46,7 @@ pub const DEVICES: &[Device] = &[
 /// Why the picture could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
-    #[error("cannot draw the envelope: {0}")]
+    #[error("cannot draw the picture: {0}")]
     Draw(String),
     #[error("cannot write {path}: {source}")]
     Write { path: String, source: std::io::Error },
@@ -58,25 +58,34 @@ fn draw_err<E: std::fmt::Debug>(e: E) -> PlotError {
 
 /// Draws `verdict` for `model_name` into a PNG at `path`.
 pub fn write_png(verdict: &Verdict, model_name: &str, path: &Path) -> Result<(), PlotError> {
-    let rgb = render(verdict, model_name)?;
+    write_rgb_png(&render(verdict, model_name)?, SIZE, path)
+}
+
+/// Writes an RGB buffer of `size` as a PNG at `path` (this picture and the drift report's).
+pub fn write_rgb_png(rgb: &[u8], size: (u32, u32), path: &Path) -> Result<(), PlotError> {
     let file =
         std::fs::File::create(path).map_err(|source| PlotError::Write { path: path.display().to_string(), source })?;
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), SIZE.0, SIZE.1);
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), size.0, size.1);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let io =
         |e: png::EncodingError| PlotError::Write { path: path.display().to_string(), source: std::io::Error::other(e) };
     let mut writer = encoder.write_header().map_err(io)?;
-    writer.write_image_data(&rgb).map_err(io)?;
+    writer.write_image_data(rgb).map_err(io)?;
     writer.finish().map_err(io)
 }
 
-/// Draws `verdict` into an RGB buffer of [`SIZE`].
-pub fn render(verdict: &Verdict, model_name: &str) -> Result<Vec<u8>, PlotError> {
+/// Makes the bundled font plotters' "sans-serif" (once per process).
+pub fn register_font() {
     REGISTER.call_once(|| {
         // The bundled font is valid; a failure would show as missing text, not a crash.
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     });
+}
+
+/// Draws `verdict` into an RGB buffer of [`SIZE`].
+pub fn render(verdict: &Verdict, model_name: &str) -> Result<Vec<u8>, PlotError> {
+    register_font();
     let mut rgb = vec![255u8; (SIZE.0 * SIZE.1 * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();

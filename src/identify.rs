@@ -381,6 +381,7 @@ impl Identifier {
             evidence: None,
             attributes,
             views: if views.len() > 1 { primary.views } else { Vec::new() },
+            drift: None,
         };
         Ok((attribution, primary.record))
     }
@@ -539,7 +540,7 @@ impl Identifier {
         let tally = ballot.tally(rule.unknown_threshold);
         let used = tally.used;
         let reading = match (gallery, print) {
-            (Some(g), Some(p)) => gallery_reading(model, g, tally, p.matched()),
+            (Some(g), Some(p)) => gallery_reading(model, g, tally, p.matched_for(max_rois)),
             _ => vote_reading(model, tally),
         };
         // An identified part's process may need larger samples than this model's (docs/envelope.md).
@@ -605,6 +606,7 @@ impl Identifier {
                     runner_up_distance: round4(m.runner_up.1),
                     version: g.version,
                     sha256: g.sha256.clone(),
+                    projected_distance: round4(m.projected_distance),
                 });
                 Judgement {
                     verdict,

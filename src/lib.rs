@@ -12,6 +12,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod drift;
 pub mod envelope;
 pub mod envelope_plot;
 pub mod gallery;

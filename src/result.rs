@@ -115,6 +115,10 @@ pub struct GalleryReport {
     /// The gallery's version and file hash.
     pub version: u32,
     pub sha256: String,
+    /// `plain_distance` projected to the model's full ROI count, for a part the vote stopped
+    /// early on: what drift monitoring follows (docs/drift.md).
+    #[serde(default)]
+    pub projected_distance: f64,
 }
 
 /// How many ROIs the vote used.
@@ -236,6 +240,56 @@ pub struct Attribution {
     /// frame's.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub views: Vec<ViewReport>,
+    /// What the part says about its nearest machine's drift (`amfp run` with drift monitoring,
+    /// docs/drift.md); absent for parts that are not followed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub drift: Option<DriftNote>,
+}
+
+/// One part's contribution to its machine's drift monitoring (docs/drift.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftNote {
+    /// The machine followed: the part's nearest in the gallery.
+    pub machine: String,
+    /// The part's distance to it, projected to the model's full ROI count.
+    pub distance: f64,
+    /// That distance against the machine's reference, in standard deviations of its log.
+    pub z: f64,
+    /// The CUSUM statistic after this part, and the threshold it alarms at.
+    pub statistic: f64,
+    pub threshold: f64,
+    /// Parts followed since the machine's reference (its fitting or enrollment).
+    pub parts: u64,
+    /// An alarm stands for this machine (raised by this part or earlier).
+    pub alarm: bool,
+    /// The alarm this part raised.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub raised: Option<DriftAlarm>,
+}
+
+/// A drift alarm: the machine's parts have moved away from its fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftAlarm {
+    /// When, and the Attribution that raised it.
+    pub time: String,
+    pub result_id: String,
+    /// Parts followed since the reference when it was raised.
+    pub part: u64,
+    pub statistic: f64,
+    /// Whether the distances ramped up or jumped.
+    pub change: DriftChange,
+    /// Parts since the change began, as estimated.
+    pub change_parts_ago: u64,
+}
+
+/// How a machine's parts moved away from its fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftChange {
+    /// The distances ramp up: wear (a nozzle, a projector, a recoater), recalibration due.
+    Gradual,
+    /// The distances jump: another machine, a substitution, a repair or a new build plate.
+    Sudden,
 }
 
 /// One frame of a part seen in several: a USB microscope shows a few millimetres of a part, so

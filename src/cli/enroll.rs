@@ -162,6 +162,7 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
         mean: enrollment.mean.clone(),
         offset: enrollment.offset,
         notes: args.notes.clone(),
+        drift: enrollment.drift,
     });
     let action = if existing.is_some() { "reenroll" } else { "enroll" };
     let by = args.by.clone().unwrap_or_else(default_by);

@@ -6,6 +6,7 @@
 pub mod calibrate;
 pub mod cameras;
 pub mod config;
+pub mod drift;
 pub mod enroll;
 pub mod envelope;
 pub mod gallery;
@@ -56,6 +57,11 @@ pub enum Command {
     Enroll(enroll::EnrollArgs),
     /// List, show, audit, remove from or roll back the model's fingerprint gallery.
     Gallery(gallery::GalleryArgs),
+    /// Where each known machine's drift monitoring stands, with a picture of its parts over time.
+    ///
+    /// Exit status: 0 no alarm, 3 a drift alarm stands, 1 the state or results could not be read.
+    #[command(subcommand)]
+    Drift(drift::DriftCommand),
     /// Run the daemon: inspect parts from a camera, a watched directory or the simulator, and
     /// send each attribution to stdout, the results log and MQTT, until SIGINT or SIGTERM.
     Run(run::RunArgs),
@@ -79,6 +85,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Model(cmd) => with_settings(cli.config.as_deref(), |s| model::run(s, cmd)),
         Command::Enroll(args) => with_settings(cli.config.as_deref(), |s| enroll::run(s, args)),
         Command::Gallery(args) => with_settings(cli.config.as_deref(), |s| gallery::run(s, args)),
+        Command::Drift(cmd) => with_settings(cli.config.as_deref(), |s| drift::run(s, cmd)),
         Command::Run(args) => with_settings(cli.config.as_deref(), |s| run::run(s, args)),
         Command::Cameras(args) => with_settings(cli.config.as_deref(), |s| cameras::run(s, args)),
         Command::Calibrate(args) => with_settings(cli.config.as_deref(), |s| calibrate::run(s, args)),

@@ -28,7 +28,7 @@ pub mod systemd;
 pub mod trigger;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -41,6 +41,7 @@ use crate::capture::source::{CaptureError, Captured, FrameSource, Grab};
 use crate::capture::synth::SynthSource;
 use crate::capture::v4l2::V4l2Source;
 use crate::config::Settings;
+use crate::drift::Monitor;
 use crate::identify::{Identifier, IdentifyOptions, Inspection, load_models, model_paths, resolve_pixel_size};
 use crate::model::LoadOptions;
 use crate::publish::{InspectCommand, MqttPublisher};
@@ -169,6 +170,20 @@ pub async fn run(
         (None, None)
     };
     let sinks = Sinks::open(&settings.output, &settings.daemon.state_dir, mqtt.clone()).map_err(DaemonError::Failed)?;
+    let drift = match (settings.drift.enabled, identifier.gallery()) {
+        (true, Some(g)) => {
+            let dir = settings.daemon.state_dir.join(crate::drift::DRIFT_DIR);
+            let monitor = Monitor::open(&dir, settings.drift).map_err(|e| DaemonError::Failed(e.to_string()))?;
+            let followed = g.machines.iter().filter(|m| m.drift.is_some()).count();
+            log::info!(
+                "drift monitoring: {followed} of {} machines have a drift reference; state in {}",
+                g.machines.len(),
+                dir.display()
+            );
+            Some(Arc::new(Mutex::new(monitor)))
+        }
+        _ => None,
+    };
 
     let capture = Capture {
         source,
@@ -192,7 +207,7 @@ pub async fn run(
     let reload_task =
         identifier.gallery().map(|g| tokio::spawn(reload_gallery(identifier.clone(), g.path.clone(), mqtt.clone())));
     let inference_task = tokio::spawn(inference_loop(
-        identifier,
+        Judge { identifier, drift },
         settings.clone(),
         jobs_rx,
         judged_tx,
@@ -527,10 +542,16 @@ async fn recv(commands: &mut Option<mpsc::Receiver<InspectCommand>>) -> Option<I
     }
 }
 
+/// What judges a part: the identifier, and drift monitoring when it is on.
+struct Judge {
+    identifier: Arc<Identifier>,
+    drift: Option<Arc<Mutex<Monitor>>>,
+}
+
 /// The inference task: judges each job on a blocking thread; pings the watchdog while idle and
 /// after each part. Returns the number of parts judged.
 async fn inference_loop(
-    identifier: Arc<Identifier>,
+    judge: Judge,
     settings: Settings,
     mut jobs: mpsc::Receiver<Job>,
     judged: mpsc::Sender<Judged>,
@@ -538,6 +559,7 @@ async fn inference_loop(
     systemd: Systemd,
     mqtt: Option<MqttPublisher>,
 ) -> u64 {
+    let Judge { identifier, drift } = judge;
     let mut pings = systemd.ping_every().map(tokio::time::interval);
     let mut count = 0;
     loop {
@@ -552,6 +574,7 @@ async fn inference_loop(
         let claim = claim.or_else(|| settings.daemon.expect.clone());
         let id = identifier.clone();
         let config_pixel = settings.camera.pixel_um;
+        let monitor = drift.clone();
         let (captured, outcome) = tokio::task::spawn_blocking(move || {
             let inspection = Inspection {
                 pixel: resolve_pixel_size(None, &captured.frame, config_pixel),
@@ -560,7 +583,11 @@ async fn inference_loop(
                 claim: claim.as_deref(),
                 capture_ms: captured.capture_ms,
             };
-            let outcome = id.identify_recorded(&inspection, keep_frames);
+            let mut outcome = id.identify_recorded(&inspection, keep_frames);
+            if let (Some(monitor), Some(gallery), Ok((attribution, _))) = (monitor, id.gallery(), outcome.as_mut()) {
+                let mut monitor = monitor.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                attribution.drift = monitor.observe(&gallery, attribution);
+            }
             (captured, outcome)
         })
         .await
@@ -576,6 +603,26 @@ async fn inference_loop(
         };
         count += 1;
         attribution.reference = reference;
+        if let Some(note) = &attribution.drift
+            && let Some(alarm) = &note.raised
+        {
+            log::warn!(
+                "drift alarm: {}'s parts have moved away from its fingerprint ({:?} change, statistic {:.1} > {:.1} \
+                 after {} parts); confirm and re-enroll it (`amfp enroll --reenroll`, docs/drift.md)",
+                note.machine,
+                alarm.change,
+                alarm.statistic,
+                note.threshold,
+                alarm.part
+            );
+            event(
+                &mqtt,
+                "drift",
+                json!({"machine": note.machine, "statistic": alarm.statistic, "threshold": note.threshold,
+                       "parts": alarm.part, "change": alarm.change, "change_parts_ago": alarm.change_parts_ago,
+                       "result_id": alarm.result_id, "time": alarm.time}),
+            );
+        }
         let rois = match (&record, &attribution.envelope) {
             (Some(r), Some(env)) => {
                 let scale = env.camera_pixel_um.map_or(1.0, |cam| env.model_pixel_um / cam);

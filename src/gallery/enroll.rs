@@ -7,7 +7,7 @@
 //! and parts that would not be named as this machine by the rest of its parts are refused with
 //! the reason. The result also says how near the new machine sits to the gallery's others.
 
-use super::{Gallery, mat_vec, sq_dist};
+use super::{DriftReference, Gallery, mat_vec, sq_dist};
 
 /// Fewest parts an enrollment takes: the leave-one-out test needs two others per part.
 pub const MIN_PARTS: usize = 3;
@@ -44,6 +44,10 @@ pub struct Enrollment {
     pub refused: Vec<Refused>,
     /// The small-N offset `s² (1/n - 1/n_ref)`, at least 0.
     pub offset: f64,
+    /// Drift monitoring's reference (docs/drift.md): the log distances the parts taken would
+    /// have as fresh parts, from their leave-one-out distances; the spread of the gallery's
+    /// fitted machines when they have one (a handful of parts measures it poorly).
+    pub drift: Option<DriftReference>,
     /// `s²`: the parts' mean squared whitened distance from their own mean.
     pub spread: f64,
     /// `n_ref`: the parts behind the gallery's fitted fingerprints (median).
@@ -162,6 +166,7 @@ impl Gallery {
         let m = kept.len();
         let spread = kept.iter().map(|w| sq_dist(w, &wmean)).sum::<f64>() / (m as f64 - 1.0);
         let offset = small_n_offset(spread, m, reference_parts);
+        let drift = self.drift_reference(&kept, spread, offset, replacing);
         let raw_mean = mean_of(&taken.iter().map(|&i| raw[i].clone()).collect::<Vec<_>>(), None);
 
         let nearest = others
@@ -233,6 +238,7 @@ impl Gallery {
             parts: m,
             refused,
             offset,
+            drift,
             spread,
             reference_parts,
             nearest,
@@ -241,6 +247,38 @@ impl Gallery {
             confusion,
             warnings,
         })
+    }
+
+    /// The drift reference of a machine made from the whitened parts `kept` (see
+    /// [`Enrollment::drift`]): a leave-one-out distance overshoots a fresh part's by
+    /// `s²/(m-1) - s²/m + offset` (the mean of m - 1 parts instead of m, and amfp subtracts the
+    /// offset from a fresh part's distance).
+    fn drift_reference(
+        &self,
+        kept: &[Vec<f64>],
+        spread: f64,
+        offset: f64,
+        replacing: Option<usize>,
+    ) -> Option<DriftReference> {
+        let m = kept.len() as f64;
+        let excess = spread / (m - 1.0) - spread / m + offset;
+        let logs: Vec<f64> = (0..kept.len())
+            .map(|i| sq_dist(&kept[i], &mean_of(kept, Some(i))) - excess)
+            .filter(|&d| d > 0.0)
+            .map(f64::ln)
+            .collect();
+        if logs.len() < MIN_PARTS {
+            return None;
+        }
+        let n = logs.len() as f64;
+        let mean_log = logs.iter().sum::<f64>() / n;
+        let own_sd = (logs.iter().map(|v| (v - mean_log).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        let fitted: Vec<f64> = (0..self.machines.len())
+            .filter(|&k| Some(k) != replacing && self.machines[k].offset == 0.0)
+            .filter_map(|k| self.machines[k].drift.map(|r| r.sd_log))
+            .collect();
+        let sd_log = if fitted.is_empty() { own_sd } else { median(&fitted) };
+        (sd_log.is_finite() && sd_log > 0.0).then_some(DriftReference { parts: logs.len() as u32, mean_log, sd_log })
     }
 
     /// The median number of parts behind the gallery's fitted fingerprints (offset 0), or all.
@@ -349,6 +387,17 @@ mod tests {
         assert!((e.offset - e.spread * 0.05).abs() < 1e-9 && e.offset > 0.0, "{e:?}");
         assert_eq!(e.nearest.as_ref().unwrap().0, "A-1");
         assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+        // The drift reference: the parts' own log distances, with their own spread (the test
+        // gallery's machines have no reference to borrow one from).
+        let r = e.drift.expect("a drift reference");
+        assert_eq!(r.parts, 10);
+        assert!(r.sd_log > 0.0 && r.mean_log.is_finite(), "{r:?}");
+        // With a fitted machine's reference in the gallery, its spread is used.
+        let mut with_ref = file();
+        with_ref["machines"][0]["drift"] = serde_json::json!({"parts": 40, "mean_log": 0.5, "sd_log": 0.25});
+        let e2 = load(&with_ref).unwrap().enroll("C-1", &parts, None, MAX_CONFUSION).unwrap();
+        let r2 = e2.drift.unwrap();
+        assert_eq!((r2.sd_log, r2.mean_log), (0.25, r.mean_log));
     }
 
     #[test]

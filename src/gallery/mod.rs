@@ -70,6 +70,26 @@ pub struct Fingerprint {
     pub offset: f64,
     /// Free text from whoever enrolled it (supplier, serial number).
     pub notes: Option<String>,
+    /// How far its own parts lie from it when it was fitted or enrolled: the yardstick of
+    /// drift monitoring (docs/drift.md). `None`: not recorded, the machine is not monitored.
+    pub drift: Option<DriftReference>,
+    /// Hex sha256 over the label, the mean, the offset and the drift reference: changes exactly
+    /// when the machine is refitted or re-enrolled (drift monitoring starts again then).
+    pub id: String,
+}
+
+/// The distribution of a machine's own parts' distances to its fingerprint when it was fitted
+/// or enrolled (docs/drift.md): the natural log of the plain distance of a part judged on the
+/// model's full ROI count, as mean and standard deviation.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftReference {
+    /// Parts the reference was measured on.
+    pub parts: u32,
+    /// Mean of ln(distance).
+    pub mean_log: f64,
+    /// Standard deviation of ln(distance).
+    pub sd_log: f64,
 }
 
 /// A loaded, checked gallery, ready to score part embeddings.
@@ -133,6 +153,8 @@ struct MachineFile {
     offset: f64,
     #[serde(default)]
     notes: Option<String>,
+    #[serde(default)]
+    drift: Option<DriftReference>,
 }
 
 /// The fields amfp reads (docs/gallery.md); `format` is checked before, the rest (history,
@@ -281,6 +303,14 @@ impl Gallery {
             if !(m.offset.is_finite() && m.offset >= 0.0) {
                 problems.push(format!("machine {:?} has offset {}; expected a number >= 0", m.label, m.offset));
             }
+            if let Some(r) = &m.drift
+                && !(r.parts >= 2 && r.mean_log.is_finite() && r.sd_log.is_finite() && r.sd_log > 0.0)
+            {
+                problems.push(format!(
+                    "machine {:?} has drift reference {r:?}; expected parts >= 2, a finite mean_log and sd_log > 0",
+                    m.label
+                ));
+            }
         }
         if !problems.is_empty() {
             return Err(GalleryError::Invalid { path: path.to_owned(), problems });
@@ -295,11 +325,13 @@ impl Gallery {
                 .machines
                 .into_iter()
                 .map(|m| Fingerprint {
+                    id: machine_id(&m),
                     label: m.label,
                     process: m.process,
                     parts: m.parts,
                     offset: m.offset,
                     notes: m.notes,
+                    drift: m.drift,
                 })
                 .collect(),
             threshold: file.threshold,
@@ -361,6 +393,10 @@ pub struct Match {
     pub known: bool,
     /// ROIs the embedding was averaged over.
     pub rois: usize,
+    /// The plain distance projected to the model's full ROI count (drift monitoring,
+    /// [`PartPrint::projected_distance`]); `plain_distance` from [`PartPrint::matched`], which
+    /// does not know the count.
+    pub projected_distance: f64,
 }
 
 impl Match {
@@ -437,6 +473,27 @@ impl PartPrint<'_> {
         (wz, w0z)
     }
 
+    /// Spread of the whitened ROI rows (`W e`, or `W_0 e` when `fleet`) around `mean`: the
+    /// expected excess of a squared distance over a mean of n ROIs is this / n. Needs 2 ROIs.
+    fn spread(&self, fleet: bool, mean: &[f64]) -> f64 {
+        let ss: f64 = self.rois.iter().map(|r| sq_dist(if fleet { &r.1 } else { &r.0 }, mean)).sum();
+        ss / (self.rois.len() as f64 - 1.0)
+    }
+
+    /// The plain distance `d_k` to machine `k` projected to `max_rois` ROIs: what drift
+    /// monitoring follows (docs/drift.md), so that a part the vote stopped early on is measured
+    /// on the scale of the reference's full-ROI parts. The part of a mean's excess (the ROIs'
+    /// spread / n) that `max_rois` ROIs would average away is removed. Panics without ROIs.
+    pub fn projected_distance(&self, k: usize, max_rois: usize) -> f64 {
+        let n = self.rois.len();
+        let (wz, _) = self.means(None);
+        let d = self.gallery.distance_to(k, &wz);
+        if n < 2 || n >= max_rois {
+            return d;
+        }
+        d - self.spread(false, &wz) * (1.0 / n as f64 - 1.0 / max_rois as f64)
+    }
+
     /// The gallery's reading of the part from the ROIs so far. Panics without ROIs.
     pub fn matched(&self) -> Match {
         assert!(!self.rois.is_empty(), "a part's fingerprint needs at least one ROI");
@@ -447,7 +504,24 @@ impl PartPrint<'_> {
         let (nearest, plain) = dist.ranking[0];
         let distance = plain - dist.d0;
         let known = distance <= g.threshold && plain <= g.outlier_threshold;
-        Match { nearest, distance, plain_distance: plain, runner_up: ranking[1], ranking, known, rois: self.rois.len() }
+        Match {
+            nearest,
+            distance,
+            plain_distance: plain,
+            runner_up: ranking[1],
+            ranking,
+            known,
+            rois: self.rois.len(),
+            projected_distance: plain,
+        }
+    }
+
+    /// [`PartPrint::matched`] for a model that judges a part on up to `max_rois` ROIs, with
+    /// the projected distance to the nearest machine.
+    pub fn matched_for(&self, max_rois: usize) -> Match {
+        let mut m = self.matched();
+        m.projected_distance = self.projected_distance(m.nearest, max_rois);
+        m
     }
 
     /// Whether more ROIs (up to `max_rois` in all) could plausibly change the verdict: the
@@ -478,13 +552,8 @@ impl PartPrint<'_> {
         };
         let now = quantities(None);
         let loo: Vec<[f64; 3]> = (0..n).map(|i| quantities(Some(i))).collect();
-        // Spread of the whitened ROI rows: the expected excess of a squared distance over n ROIs.
         let (wz, w0z) = self.means(None);
-        let spread = |which: usize, mean: &[f64]| -> f64 {
-            let ss: f64 = self.rois.iter().map(|r| sq_dist(if which == 0 { &r.0 } else { &r.1 }, mean)).sum();
-            ss / (n as f64 - 1.0)
-        };
-        let (v, v0) = (spread(0, &wz), spread(1, &w0z));
+        let (v, v0) = (self.spread(false, &wz), self.spread(true, &w0z));
         let shrink = 1.0 / n as f64 - 1.0 / max_rois as f64;
         let projected = [now[0] - (v - v0) * shrink, now[1] - v * shrink, now[2]];
         let targets = [g.threshold, g.outlier_threshold, 0.0];
@@ -495,6 +564,16 @@ impl PartPrint<'_> {
             (projected[q] - targets[q]).abs() > z * se * remaining
         })
     }
+}
+
+/// [`Fingerprint::id`].
+fn machine_id(m: &MachineFile) -> String {
+    let mut h = Sha256::new();
+    for part in [m.label.as_str(), m.mean.f32le.as_str(), &m.offset.to_string(), &format!("{:?}", m.drift)] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex(&h.finalize())
 }
 
 fn decode(a: &ArrayFile, shape: &[usize]) -> Result<Vec<f64>, String> {
@@ -524,7 +603,7 @@ fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn array(shape: &[usize], values: &[f32]) -> serde_json::Value {
@@ -538,7 +617,7 @@ mod tests {
 
     /// Two machines at (0, 0) and (10, 0), identity whitening within machines, the fleet's
     /// whitening half as strong around (5, 0).
-    pub(super) fn file() -> serde_json::Value {
+    pub(crate) fn file() -> serde_json::Value {
         serde_json::json!({
             "format": "amfp-gallery", "schema": 1,
             "model": {"name": "m", "sha256": "abc"},
@@ -557,7 +636,7 @@ mod tests {
         })
     }
 
-    pub(super) fn load(v: &serde_json::Value) -> Result<Gallery, GalleryError> {
+    pub(crate) fn load(v: &serde_json::Value) -> Result<Gallery, GalleryError> {
         Gallery::for_model(Path::new("g.json"), v.to_string().as_bytes(), "m", "abc", Some(&spec()))
     }
 
@@ -574,7 +653,15 @@ mod tests {
         let g = load(&file()).unwrap();
         assert_eq!(
             g.machines[0],
-            Fingerprint { label: "A-1".into(), process: Some("FDM".into()), parts: 20, offset: 0.0, notes: None }
+            Fingerprint {
+                label: "A-1".into(),
+                process: Some("FDM".into()),
+                parts: 20,
+                offset: 0.0,
+                notes: None,
+                drift: None,
+                id: g.machines[0].id.clone()
+            }
         );
         // Mean of the two ROIs: (1, 0). d_A = 1, d_B = 81, d_0 = 0.04 * 16 = 0.64.
         let m = matched(&g, &[[0.0, 0.0], [2.0, 0.0]]);

@@ -56,6 +56,8 @@ pub struct NewMachine {
     /// The small-N offset (docs/gallery.md, "Enrollment").
     pub offset: f64,
     pub notes: Option<String>,
+    /// Drift monitoring's reference (docs/drift.md).
+    pub drift: Option<super::DriftReference>,
 }
 
 fn format_error(path: &Path, detail: impl Into<String>) -> GalleryError {
@@ -142,6 +144,9 @@ impl Document {
         });
         if let Some(notes) = &m.notes {
             entry["notes"] = notes.clone().into();
+        }
+        if let Some(drift) = &m.drift {
+            entry["drift"] = serde_json::to_value(drift).expect("a drift reference serialises");
         }
         let machines = self.machines_mut();
         match machines.iter().position(|e| e["label"] == m.label.as_str()) {
@@ -461,6 +466,7 @@ mod tests {
             mean: vec![2.0],
             offset: 1.5,
             notes: None,
+            drift: Some(super::super::DriftReference { parts: 10, mean_log: 1.0, sd_log: 0.3 }),
         });
         doc.next_version("enroll", "tester", "new supplier", &[label.into()]);
         commit(path, &parent, &doc).unwrap()

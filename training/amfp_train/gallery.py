@@ -109,6 +109,7 @@ class Machine:
     mean: np.ndarray  # [D] float32
     offset: float = 0.0  # the small-N correction of an enrolled machine (docs/gallery.md, "Enrollment")
     notes: str | None = None
+    drift: dict | None = None  # {"parts", "mean_log", "sd_log"}: drift monitoring's reference (docs/drift.md)
 
 
 @dataclass
@@ -356,10 +357,36 @@ def calibrate(g: Gallery, z: np.ndarray, labels: list[str], target: float = DEFA
                            "unknown_rate": float(caught.mean()),
                            "caught_by_outlier_test": int(res["outlier"][~known].sum())}
     cal["claims"] = calibrate_claims(g, z, labels, claim_target)
+    cal["drift"] = set_drift_references(g, z, labels)
     if extra:
         cal.update(extra)
     g.calibration = cal
     return cal
+
+
+DRIFT_MIN_PARTS = 5
+
+
+def set_drift_references(g: Gallery, z: np.ndarray, labels: list[str]) -> dict:
+    """Give each machine its drift reference from its own calibration parts (docs/drift.md): mean
+    and standard deviation of ln d_k, the plain distance of machine k's parts to k (what amfp
+    projects each judged part to on the model's full ROI count). Machines with fewer than
+    DRIFT_MIN_PARTS such parts get none (not monitored). Returns the calibration record."""
+    d, _ = g.distances(z)
+    lab = np.array(labels, dtype=object)
+    parts = {}
+    for k, m in enumerate(g.machines):
+        own = d[lab == m.label, k]
+        own = own[own > 0]
+        if len(own) < DRIFT_MIN_PARTS:
+            m.drift = None
+            continue
+        logs = np.log(own)
+        m.drift = {"parts": int(len(own)), "mean_log": float(logs.mean()), "sd_log": float(logs.std(ddof=1))}
+        parts[m.label] = int(len(own))
+    return {"rule": "per machine: mean and standard deviation (n - 1) of ln d_k over its own calibration parts "
+                    f"(at least {DRIFT_MIN_PARTS})",
+            "machines": len(parts), "parts": int(sum(parts.values()))}
 
 
 def printer_model(label: str) -> str:
@@ -489,6 +516,9 @@ def _machine_json(m: Machine) -> dict:
         out["offset"] = float(m.offset)
     if m.notes is not None:
         out["notes"] = m.notes
+    if m.drift is not None:
+        out["drift"] = {"parts": int(m.drift["parts"]), "mean_log": float(m.drift["mean_log"]),
+                        "sd_log": float(m.drift["sd_log"])}
     return out
 
 
@@ -501,7 +531,7 @@ def from_json(obj: dict) -> Gallery:
         raise ValueError(f"score {obj.get('score')!r}; this reads {SCORE!r}")
     d = int(obj["embedding"]["dim"])
     machines = [Machine(m["label"], m.get("process"), int(m["parts"]), decode_array(m["mean"], (d,)),
-                        float(m.get("offset", 0.0)), m.get("notes")) for m in obj["machines"]]
+                        float(m.get("offset", 0.0)), m.get("notes"), m.get("drift")) for m in obj["machines"]]
     if len({m.label for m in machines}) != len(machines):
         raise ValueError("machine labels are not distinct")
     return Gallery(model=dict(obj["model"]), embedding=dict(obj["embedding"]), shrinkage=float(obj["shrinkage"]),
