@@ -292,6 +292,16 @@ pub enum DriftChange {
     Sudden,
 }
 
+impl DriftChange {
+    /// Lower-case name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftChange::Gradual => "gradual",
+            DriftChange::Sudden => "sudden",
+        }
+    }
+}
+
 /// One frame of a part seen in several: a USB microscope shows a few millimetres of a part, so
 /// an inspector images it in several places and amfp votes over the ROIs of all of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

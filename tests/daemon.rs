@@ -525,3 +525,76 @@ async fn a_new_gallery_version_is_picked_up_without_a_restart() {
     daemon.signal("TERM");
     assert_eq!(daemon.exit().await.0, Some(0), "{}", daemon.log());
 }
+
+/// Drift monitoring end to end: with a gallery whose reference says L1-1's parts lie far nearer
+/// than they do (as if L1-1 had changed since it was fitted), L1-1's second part raises one
+/// `drift` event over MQTT and the alarm in its result and the results log; the state is on
+/// disk, and `amfp drift report` reads it back (exit 3: an alarm stands) and draws it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drifted_machine_raises_a_drift_event_and_the_report_shows_it() {
+    let station = Station::new(311);
+    let broker = Broker::start(station.root.path());
+    let mut sub = Subscriber::connect(broker.port, &station.topic("#"), ClientOptions::default()).await;
+    let mut g: Value = serde_json::from_str(&std::fs::read_to_string(repo(INT8_GALLERY)).unwrap()).unwrap();
+    for m in g["machines"].as_array_mut().unwrap() {
+        if m["label"] == "L1-1" {
+            // Its parts' distances are 10-100 (ln d 2.3-4.6); a reference of ln d = 0 ± 0.3 puts
+            // each part at z > 7.
+            m["drift"] = json!({"parts": 56, "mean_log": 0.0, "sd_log": 0.3});
+        }
+    }
+    let gallery = station.path("gallery.json");
+    std::fs::write(&gallery, serde_json::to_vec(&g).unwrap()).unwrap();
+    let extra = format!("[model]\ngallery = \"{}\"\n[drift]\nthreshold = 5.0\n", gallery.display());
+    let config = station.config(Some(broker.port), &extra);
+    let mut daemon = Daemon::start(&station, &config, &[]);
+    sub.status(&station.topic("status"), "online").await;
+
+    let l1: Vec<usize> = (0..station.parts.len()).filter(|&i| station.parts[i].machine == "L1-1").collect();
+    assert_eq!(l1.len(), 2);
+    station.drop_part(l1[0]);
+    let r = sub.next_on(&station.topic("result")).await.json();
+    assert_eq!((r["drift"]["machine"].as_str(), r["drift"]["parts"].as_u64()), (Some("L1-1"), Some(1)), "{r}");
+    assert_eq!(r["drift"]["alarm"], false, "{r}");
+    assert!(r["drift"]["z"].as_f64().unwrap() > 4.0, "{r}");
+    station.drop_part(l1[1]);
+    // The event is sent as the part is judged, the result after the sinks: either may come first.
+    let (mut result, mut event) = (None, None);
+    while result.is_none() || event.is_none() {
+        let m = sub.next().await;
+        if m.topic == station.topic("result") {
+            result = Some(m.json());
+        } else if m.topic == station.topic("event") && m.json()["kind"] == "drift" {
+            assert!(event.is_none(), "a second drift event: {}", m.json());
+            event = Some(m.json());
+        }
+    }
+    let (r, e) = (result.unwrap(), event.unwrap());
+    assert_eq!(r["drift"]["alarm"], true, "{r}");
+    let raised = &r["drift"]["raised"];
+    assert_eq!((raised["part"].as_u64(), raised["result_id"].as_str()), (Some(2), r["id"].as_str()), "{r}");
+    assert_eq!(
+        (e["machine"].as_str(), e["parts"].as_u64(), e["threshold"].as_f64()),
+        (Some("L1-1"), Some(2), Some(5.0))
+    );
+    assert_eq!(station.logged().last().unwrap()["drift"], r["drift"]);
+    daemon.signal("TERM");
+    assert_eq!(daemon.exit().await.0, Some(0), "{}", daemon.log());
+
+    let png = station.path("drift.png");
+    let out = amfp()
+        .arg("drift")
+        .arg("report")
+        .arg("--state-dir")
+        .arg(station.path("state"))
+        .arg("--png")
+        .arg(&png)
+        .assert()
+        .code(3)
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.lines().any(|l| l.starts_with("L1-1") && l.contains("ALARM since part 2")), "{text}");
+    assert!(image::open(&png).is_ok());
+}

@@ -167,11 +167,12 @@ fn print_table(source: &str, machines: &std::collections::BTreeMap<String, Machi
     for (label, m) in machines {
         let state = match &m.alarm {
             Some(a) => format!(
-                "ALARM since part {} ({}): {:?} change, began about {} parts before; confirm and re-enroll",
-                a.part, a.time, a.change, a.change_parts_ago
-            )
-            .to_lowercase()
-            .replacen("alarm", "ALARM", 1),
+                "ALARM since part {} ({}): {} change, began about {} parts before; confirm and re-enroll",
+                a.part,
+                a.time,
+                a.change.as_str(),
+                a.change_parts_ago
+            ),
             None => "ok".into(),
         };
         println!("{label:<14} {:>7} {:>10.2}  {state}", m.parts, m.statistic);

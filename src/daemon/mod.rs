@@ -607,10 +607,10 @@ async fn inference_loop(
             && let Some(alarm) = &note.raised
         {
             log::warn!(
-                "drift alarm: {}'s parts have moved away from its fingerprint ({:?} change, statistic {:.1} > {:.1} \
+                "drift alarm: {}'s parts have moved away from its fingerprint ({} change, statistic {:.1} > {:.1} \
                  after {} parts); confirm and re-enroll it (`amfp enroll --reenroll`, docs/drift.md)",
                 note.machine,
-                alarm.change,
+                alarm.change.as_str(),
                 alarm.statistic,
                 note.threshold,
                 alarm.part
