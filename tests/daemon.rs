@@ -506,9 +506,21 @@ async fn a_new_gallery_version_is_picked_up_without_a_restart() {
     enroll.args(["enroll", "--label", "5200-3", "--process", "MJF", "--model"]).arg(repo(INT8_MODEL));
     enroll.arg("--gallery").arg(&gallery);
     enroll.args(unit.iter().map(|p| &p.file)).assert().success();
-    let e = sub.next_on(&station.topic("event")).await.json();
+    // The event, and the retained online status published again with the new version.
+    let (mut event, mut status) = (None, None);
+    while event.is_none() || status.is_none() {
+        let m = sub.next().await;
+        if m.topic == station.topic("event") {
+            event = Some(m.json());
+        } else if m.topic == station.topic("status") && m.json()["model"]["gallery"]["version"] == 2 {
+            status = Some(m.json());
+        }
+    }
+    let (e, status) = (event.unwrap(), status.unwrap());
     assert_eq!((e["kind"].as_str(), e["version"].as_u64()), (Some("gallery_reloaded"), Some(2)), "{e}");
     assert_eq!(e["machines"], 22);
+    assert_eq!((status["state"].as_str(), status["model"]["gallery"]["machines"].as_u64()), (Some("online"), Some(22)));
+    assert_eq!(status["model"]["name"], "amfp-synth-v3-int8", "the rest of the status stays: {status}");
 
     daemon.signal("HUP");
     let e = sub.next_on(&station.topic("event")).await.json();

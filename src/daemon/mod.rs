@@ -384,6 +384,13 @@ async fn reload_gallery(identifier: Arc<Identifier>, path: PathBuf, mqtt: Option
                     g.machines.len(),
                     &g.sha256[..12]
                 );
+                if let Some(m) = &mqtt
+                    && let Err(e) = m.update_status(
+                        json!({"model": {"gallery": {"version": g.version, "sha256": g.sha256, "machines": g.machines.len()}}}),
+                    )
+                {
+                    log::warn!("mqtt: the online status does not show the new gallery: {e}");
+                }
                 event(
                     &mqtt,
                     "gallery_reloaded",

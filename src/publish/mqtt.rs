@@ -91,6 +91,8 @@ pub struct ShutdownReport {
 enum Request {
     /// Publish this event payload (not durable).
     Event(Vec<u8>),
+    /// Merge these fields into the `online` status and publish it again.
+    Status(Value),
     /// Publish `offline`, wait up to `grace` for acknowledgements, disconnect, report.
     Shutdown { grace: Duration, done: oneshot::Sender<ShutdownReport> },
 }
@@ -286,6 +288,19 @@ impl MqttPublisher {
         })
     }
 
+    /// Changes fields of the retained `online` status (a new gallery version, say): `patch`'s
+    /// objects are merged into the status's, its other values replace them; the new status is
+    /// published at once when connected, else on the next connection.
+    pub fn update_status(&self, patch: Value) -> Result<(), PublishError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(PublishError::Closed);
+        }
+        self.inner.requests.try_send(Request::Status(patch)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => PublishError::Busy,
+            mpsc::error::TrySendError::Closed(_) => PublishError::Closed,
+        })
+    }
+
     /// Clean shutdown: stops taking results and events, sends what the outbox and the event
     /// queue still hold, publishes the retained `offline` status, waits up to `grace` for every
     /// PUBACK, then disconnects. What was not acknowledged in time stays in the outbox for the
@@ -460,6 +475,7 @@ impl Manager {
                 },
                 request = requests.recv(), if accepting => match request {
                     Some(Request::Event(payload)) => self.queue_event(payload),
+                    Some(Request::Status(patch)) => self.update_status(patch),
                     Some(Request::Shutdown { grace, done }) => self.begin_stop(grace, done),
                     None => return,
                 },
@@ -662,6 +678,14 @@ impl Manager {
         }
     }
 
+    fn update_status(&mut self, patch: Value) {
+        merge(&mut self.status, patch);
+        if self.connected {
+            let online = wire::status_online(&self.device, &self.status);
+            self.hand_status(online, Sent::Online);
+        }
+    }
+
     /// Hands a retained status over.
     fn hand_status(&mut self, payload: Vec<u8>, sent: Sent) -> bool {
         let topic = self.topics.status.clone();
@@ -731,5 +755,17 @@ impl Manager {
         } else {
             log::error!("mqtt: the connection task ended unexpectedly; publishing stopped");
         }
+    }
+}
+
+/// Merges `patch` into `into`: objects key by key, anything else replaced.
+fn merge(into: &mut Value, patch: Value) {
+    match (into, patch) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
     }
 }
