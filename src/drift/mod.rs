@@ -208,10 +208,11 @@ impl Monitor {
         self.kept.as_deref().unwrap_or_default()
     }
 
-    /// Follows one judged part. Parts judged by `gallery`'s distances whose nearest machine has
-    /// a drift reference count, identified or unknown (a part unlike its nearest machine is
-    /// evidence of change too), except surfaces beyond the outlier threshold, which are like no
-    /// machine at all. Returns what the part says about its machine, for the Attribution; a
+    /// Follows one judged part. Parts judged by `gallery`'s distances count, identified or
+    /// unknown (a part unlike its machine is evidence of change too), except surfaces beyond the
+    /// outlier threshold, which are like no machine at all. A part counts for the machine it
+    /// claims to come from (a claim or `daemon.expect`, checked against the gallery), else for its
+    /// nearest machine; that machine needs a drift reference. Returns what the part says about its machine, for the Attribution; a
     /// state that cannot be written is logged and kept in memory.
     pub fn observe(&mut self, gallery: &Gallery, a: &Attribution) -> Option<DriftNote> {
         let j = &a.judgement;
@@ -222,7 +223,16 @@ impl Monitor {
         if report.plain_distance > report.outlier_threshold {
             return None;
         }
-        let machine = gallery.machines.iter().find(|m| m.label == report.nearest)?;
+        // The machine the part should come from when the station says (a claim, or the line's
+        // `daemon.expect`), else its nearest. Every machine's distance differs from the nearest's
+        // by the difference of their relative distances, and shares its ROI projection.
+        let (label, distance) = match &a.claim {
+            Some(c) if c.distance.is_some() => {
+                (c.label.as_str(), c.distance.unwrap_or_default() - report.distance + report.projected_distance)
+            }
+            _ => (report.nearest.as_str(), report.projected_distance),
+        };
+        let machine = gallery.machines.iter().find(|m| m.label == label)?;
         let reference = machine.drift?;
         let s = self.settings;
         let entry = self.state.machines.entry(machine.label.clone());
@@ -253,7 +263,6 @@ impl Monitor {
                 }
             }
         };
-        let distance = report.projected_distance;
         let z = standardise(distance, &reference);
         state.parts += 1;
         state.statistic = (state.statistic + z.clamp(-s.max_z, s.max_z) - s.allowance).max(0.0);
@@ -529,6 +538,30 @@ mod tests {
         let mut m = m;
         let note = m.observe(&gallery(0.5), &part(400, "A-1", 1.0, "identified")).unwrap();
         assert_eq!((note.parts, note.alarm), (1, false));
+    }
+
+    /// A part that claims a machine (a line station's `daemon.expect`) counts for that machine,
+    /// at its distance: the nearest's, moved by the difference of the relative distances.
+    #[test]
+    fn a_claimed_part_counts_for_the_claimed_machine() {
+        let mut g = crate::gallery::tests::file();
+        g["machines"][1]["drift"] = serde_json::json!({"parts": 20, "mean_log": 0.0, "sd_log": 0.5});
+        let g = crate::gallery::tests::load(&g).unwrap();
+        let mut m = Monitor::in_memory(DriftSettings::default());
+        let mut a = part(1, "A-1", 5.0, "identified");
+        // Relative distance 3.0 to A-1 (nearest, projected 5.0), 20.0 to the claimed B-1.
+        a.claim = Some(
+            serde_json::from_value(serde_json::json!({
+                "label": "B-1", "consistent": false, "status": "contradicted", "known_label": true, "distance": 20.0
+            }))
+            .unwrap(),
+        );
+        let note = m.observe(&g, &a).expect("B-1 is followed");
+        assert_eq!(note.machine, "B-1");
+        assert!((note.distance - (20.0 - 4.0 + 5.0)).abs() < 1e-9, "{note:?}");
+        // Without the claim the nearest, A-1, has no reference here.
+        a.claim = None;
+        assert!(m.observe(&g, &a).is_none());
     }
 
     #[test]

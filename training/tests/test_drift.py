@@ -79,13 +79,17 @@ def test_benchmark_seeds_are_used_nowhere_else():
 def test_quick_run_through_the_binary(tmp_path):
     """Two machines over three builds, both streams judged and replayed by the real binary."""
     res = drift.main(["--amfp", AMFP, "--model", str(MODEL), "--out", str(tmp_path), "--quick"])
-    assert [r["machine"] for r in res["drifting"]] == drift.QUICK_MACHINES
-    for r in res["drifting"]:
-        assert r["parts"] == 3 and r["right_first_fifth"][1] == 1
-    # Every stable part is followed: each is judged near its own machine.
-    assert res["stable"]["parts_followed"] == 6
-    assert [t["threshold"] for t in res["thresholds"]] == list(drift.THRESHOLDS)
-    assert (tmp_path / "drifting.png").stat().st_size > 0
-    lines = (tmp_path / "drifting.jsonl").read_text().splitlines()
-    assert len(lines) == 6 and all("drift" not in json.loads(ln) for ln in lines)  # identify does not monitor
-    assert "## Bars (issue 21)" in (tmp_path / "drift.md").read_text()
+    for mode in ("claimed", "nearest"):
+        m = res["modes"][mode]
+        assert [r["machine"] for r in m["drifting"]] == drift.QUICK_MACHINES
+        for r in m["drifting"]:
+            assert r["parts"] == 3 and r["right_first_fifth"][1] == 1
+        assert [t["threshold"] for t in m["thresholds"]] == list(drift.THRESHOLDS)
+        assert (tmp_path / mode / "drifting.png").stat().st_size > 0
+        lines = (tmp_path / f"drifting-{mode}.jsonl").read_text().splitlines()
+        assert len(lines) == 6 and all("drift" not in json.loads(ln) for ln in lines)  # identify does not monitor
+    # Claimed: every stable part claims its own machine and is followed against it.
+    assert res["modes"]["claimed"]["stable"]["parts_followed"] == 6
+    claims = [json.loads(ln)["claim"]["label"] for ln in (tmp_path / "drifting-claimed.jsonl").read_text().splitlines()]
+    assert sorted(claims) == sorted(drift.QUICK_MACHINES * 3)
+    assert "Bars (issue 21)" in (tmp_path / "drift.md").read_text()
