@@ -209,10 +209,10 @@ impl Monitor {
     }
 
     /// Follows one judged part. Parts judged by `gallery`'s distances count, identified or
-    /// unknown (a part unlike its machine is evidence of change too), except surfaces beyond the
-    /// outlier threshold, which are like no machine at all. A part counts for the machine it
-    /// claims to come from (a claim or `daemon.expect`, checked against the gallery), else for its
-    /// nearest machine; that machine needs a drift reference. Returns what the part says about its machine, for the Attribution; a
+    /// unknown (a part unlike its machine is evidence of change too). A part counts for the
+    /// machine it claims to come from (a claim or `daemon.expect`, checked against the gallery),
+    /// else for its nearest machine unless it lies beyond the outlier threshold (like no machine
+    /// at all); that machine needs a drift reference. Returns what the part says about its machine, for the Attribution; a
     /// state that cannot be written is logged and kept in memory.
     pub fn observe(&mut self, gallery: &Gallery, a: &Attribution) -> Option<DriftNote> {
         let j = &a.judgement;
@@ -220,16 +220,16 @@ impl Monitor {
             return None;
         }
         let report = j.gallery.as_ref()?;
-        if report.plain_distance > report.outlier_threshold {
-            return None;
-        }
         // The machine the part should come from when the station says (a claim, or the line's
         // `daemon.expect`), else its nearest. Every machine's distance differs from the nearest's
-        // by the difference of their relative distances, and shares its ROI projection.
+        // by the difference of their relative distances, and shares its ROI projection. A part
+        // beyond the outlier threshold counts only for a machine it claims: unclaimed, it is like
+        // no machine at all (noise, a machined part), not evidence about its nearest.
         let (label, distance) = match &a.claim {
             Some(c) if c.distance.is_some() => {
                 (c.label.as_str(), c.distance.unwrap_or_default() - report.distance + report.projected_distance)
             }
+            _ if report.plain_distance > report.outlier_threshold => return None,
             _ => (report.nearest.as_str(), report.projected_distance),
         };
         let machine = gallery.machines.iter().find(|m| m.label == label)?;
@@ -559,6 +559,10 @@ mod tests {
         let note = m.observe(&g, &a).expect("B-1 is followed");
         assert_eq!(note.machine, "B-1");
         assert!((note.distance - (20.0 - 4.0 + 5.0)).abs() < 1e-9, "{note:?}");
+        // Beyond the outlier threshold a claimed part still counts for its machine.
+        let mut far = part(2, "A-1", 5000.0, "unknown");
+        far.claim = a.claim.clone();
+        assert_eq!(m.observe(&g, &far).expect("claimed: followed").machine, "B-1");
         // Without the claim the nearest, A-1, has no reference here.
         a.claim = None;
         assert!(m.observe(&g, &a).is_none());

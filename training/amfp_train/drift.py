@@ -17,8 +17,8 @@ part claims its machine, as `daemon.expect` does; the monitor follows the claime
 without any expectation (each part followed against its nearest machine).
 
 Per drifting machine: the build of its alarm, and the build where its parts fall below 95 %
-right, from a logistic fit of right/not right on the build over its parts in the stream (none
-when the fit stays above 95 % over the builds simulated). Per process: machines whose accuracy
+right, from an isotonic (non-increasing) fit of right/not right on the build over its parts in
+the stream (none when the fit stays at or above 95 % over the builds simulated). Per process: machines whose accuracy
 fell below 95 % (drift visible), and how many of them alarmed first. Stable: false alarms and the
 parts followed, with the average run length (parts followed per false alarm; a lower bound when
 there were none).
@@ -36,7 +36,6 @@ import argparse
 import csv
 import json
 import logging
-import math
 import re
 import time
 from pathlib import Path
@@ -70,42 +69,27 @@ def known_machines(gallery: Path) -> list[tuple[str, str | None]]:
     return [(m["label"], m.get("process")) for m in g["machines"] if m.get("drift")]
 
 
-def logistic_fit(x: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, float] | None:
-    """(a, b) of P(y) = 1 / (1 + exp(-(a + b x))) by Newton's method with a tiny ridge (separable
-    data stays finite); None without both outcomes."""
-    if y.all() or not y.any():
-        return None
-    xs = (x - x.mean()) / (x.std() or 1.0)
-    X = np.stack([np.ones_like(xs), xs], 1)
-    w = np.zeros(2)
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-(X @ w)))
-        g = X.T @ (y - p) - 1e-3 * w
-        h = (X * (p * (1 - p))[:, None]).T @ X + 1e-3 * np.eye(2)
-        step = np.linalg.solve(h, g)
-        w += step
-        if np.abs(step).max() < 1e-9:
-            break
-    b = w[1] / (x.std() or 1.0)
-    a = w[0] - b * x.mean()
-    return float(a), float(b)
+def decreasing_fit(builds: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The share right per build as a non-increasing function of the build (isotonic regression,
+    pool adjacent violators, weighted by the parts of each build): (builds, fitted share)."""
+    xs = np.unique(builds)
+    blocks = [[float(right[builds == x].sum()), float((builds == x).sum()), 1] for x in xs]  # sum, n, builds
+    merged: list[list[float]] = []
+    for blk in blocks:
+        merged.append(blk)
+        while len(merged) > 1 and merged[-2][0] / merged[-2][1] < merged[-1][0] / merged[-1][1]:
+            s2, n2, k2 = merged.pop()
+            merged[-1] = [merged[-1][0] + s2, merged[-1][1] + n2, merged[-1][2] + k2]
+    fit = np.concatenate([np.full(int(k), sm / n) for sm, n, k in merged])
+    return xs, fit
 
 
 def build_below(builds: np.ndarray, right: np.ndarray, bar: float = RIGHT_BAR) -> float | None:
-    """The first build at which the fitted share right falls below `bar`, within the builds seen
-    (None when it does not)."""
-    if right.all():
-        return None
-    fit = logistic_fit(builds.astype(float), right.astype(float))
-    lo, hi = float(builds.min()), float(builds.max())
-    if fit is None:  # nothing right at all
-        return lo
-    a, b = fit
-    logit = math.log(bar / (1 - bar))
-    if b >= 0:  # not falling with the build
-        return lo if a + b * lo < logit else None
-    cross = (logit - a) / b
-    return float(max(lo, cross)) if cross <= hi else None
+    """The first build at which the share right, fitted as non-increasing in the build, is below
+    `bar` (None when it never is over the builds seen)."""
+    xs, fit = decreasing_fit(np.asarray(builds), np.asarray(right, dtype=bool))
+    below = np.nonzero(fit < bar)[0]
+    return float(xs[below[0]]) if len(below) else None
 
 
 def stream(amfp: str, fleet: Path, out: Path, machines: list[str], builds: list[int], parts: int, seed0: int,
@@ -250,8 +234,8 @@ def report_md(res: dict) -> str:
              f"**Simulated parts** (amfp's simulator, not real machines), seeds {res['seeds']}, builds "
              f"{res['builds'][0]}-{res['builds'][-1]} every {res['step']}; {res['seconds']:.0f} s on this machine. "
              f"Monitor: allowance {res['allowance']}, threshold {res['threshold']} (the defaults, set before the "
-             "first run). \"Falls below 95 %\": the build where a logistic fit of right/not right on the build "
-             "crosses 95 % (`from start`: below 95 % over the first builds already, so no alarm can come first).",
+             "first run). \"Falls below 95 %\": the first build where an isotonic (non-increasing) fit of "
+             "right/not right on the build is below 95 % (`from start`: below 95 % over the first builds already, so no alarm can come first).",
              ""]
     for mode, m in res["modes"].items():
         lines += [f"## {MODE_TITLES[mode]}", "",

@@ -42,18 +42,20 @@ def test_the_stable_fleet_holds_every_rate_at_zero_and_changes_nothing_else():
         drift.stable_fleet("[[machine]]\nname = \"x\"\n")
 
 
-def test_the_build_below_95_percent_comes_from_a_logistic_fit():
+def test_the_build_below_95_percent_comes_from_a_non_increasing_fit():
     builds = np.repeat(np.arange(1, 201, 5), 4)
-    # Right until build 100, then wrong: the fit crosses 95 % just before 100.
-    right = builds < 100
-    b = drift.build_below(builds, right)
-    assert 80 <= b <= 100, b
-    assert drift.build_below(builds, np.ones_like(right)) is None
-    # Wrong at first and right later: below 95 % from the first build, as is never right.
+    # Right until build 100, then wrong: below from the first build past 100.
+    assert drift.build_below(builds, builds < 100) == 101
+    assert drift.build_below(builds, np.ones(len(builds), dtype=bool)) is None
+    # One early miss among right parts is pooled away; a late drop is found where it is.
+    right = builds < 150
+    right[8] = False  # a part of build 11
+    assert drift.build_below(builds, right) == 151
+    # Wrong at first and right later, or never right: below from the first build.
     assert drift.build_below(builds, builds > 20) == 1
-    assert drift.build_below(builds, np.zeros_like(right)) == 1
-    # Right at first, wrong after build 150: below from somewhere past 130.
-    assert 130 <= drift.build_below(builds, builds < 150) <= 150
+    assert drift.build_below(builds, np.zeros(len(builds), dtype=bool)) == 1
+    xs, fit = drift.decreasing_fit(builds, builds > 20)
+    assert (np.diff(fit) <= 0).all() and len(xs) == 40
 
 
 def test_benchmark_seeds_are_used_nowhere_else():
