@@ -80,10 +80,16 @@ fn env_override_is_applied_and_named() {
         .stdout(predicate::str::contains("environment overrides: AMFP__LOG__LEVEL, AMFP__SYNTH__SEED"));
 }
 
+/// Without `--config`, the installed file is read when it exists (on a machine with the Debian
+/// package), else the built-in defaults; either way the output says which, and the defaults case
+/// is also covered by the loader's unit tests with another default path.
 #[test]
 fn no_file_means_built_in_defaults() {
     if Path::new(amfp::cli::DEFAULT_CONFIG_PATH).exists() {
-        eprintln!("skipped: {} exists on this machine", amfp::cli::DEFAULT_CONFIG_PATH);
+        check(None).assert().stdout(predicate::str::starts_with(format!(
+            "# amfp configuration from {}",
+            amfp::cli::DEFAULT_CONFIG_PATH
+        )));
         return;
     }
     check(None)

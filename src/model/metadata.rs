@@ -123,8 +123,9 @@ impl ModelMetadata {
         }
         let positive = |v: &str| v.trim().parse::<f64>().ok().filter(|x| x.is_finite() && *x > 0.0);
         let pixel_size_um = p.parse("amfp.pixel_size_um", "a number of µm per pixel > 0", positive);
-        let roi_px = p.parse("amfp.roi_px", "an integer number of pixels >= 8", |v| {
-            v.trim().parse::<u32>().ok().filter(|&r| r >= 8)
+        // At most 65535: ROI corners are u16-sized (roi.rs); the paper's 448 px is far below.
+        let roi_px = p.parse("amfp.roi_px", "an integer number of pixels from 8 to 65535", |v| {
+            v.trim().parse::<u32>().ok().filter(|&r| (8..=65535).contains(&r))
         });
         let channels =
             p.parse("amfp.channels", "1 or 3", |v| v.trim().parse::<u32>().ok().filter(|c| *c == 1 || *c == 3));
@@ -269,6 +270,16 @@ mod tests {
             assert!(text.contains(key), "{key:?} not in {text}");
         }
         assert_eq!(e.problems.len(), 4);
+    }
+
+    /// A ROI side beyond what the ROI sampler handles is refused at load, never a panic later.
+    #[test]
+    fn an_roi_side_beyond_65535_is_refused() {
+        let props: Vec<_> =
+            good().into_iter().map(|(k, v)| if k == "amfp.roi_px" { (k, "70000") } else { (k, v) }).collect();
+        let e = ModelMetadata::from_props(props).unwrap_err();
+        assert!(e.to_string().contains("amfp.roi_px = \"70000\""), "{e}");
+        assert!(e.to_string().contains("from 8 to 65535"), "{e}");
     }
 
     #[test]
