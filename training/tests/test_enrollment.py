@@ -98,6 +98,16 @@ def test_claims_against_the_plain_verdicts():
           claim("M2-1", "M2-1", "genuine", "confirmed")]
     a = en.claims_against_verdicts(cl, enrolled)
     assert a["compared"] == 3 and a["disagree"] == 1 and a["examples"][0]["claimed"] == "M2-1"
+    assert a["unexplained"] == 0  # confirmed but unknown: the vote-disagreement rule
+    # Identified as F3B-1, its claim unconfirmed: by design only between the two thresholds.
+    between = claim("F3B-1", "F3B-1", "genuine", "unconfirmed")
+    between.extra["claim"]["distance"] = 100.0
+    a = en.claims_against_verdicts([between], enrolled, claim_threshold=96.0, threshold=107.0)
+    assert (a["disagree"], a["unexplained"]) == (1, 0)
+    between.extra["claim"]["distance"] = 90.0  # within the claim threshold: unconfirmed is unexplained
+    a = en.claims_against_verdicts([between], enrolled, claim_threshold=96.0, threshold=107.0)
+    assert (a["disagree"], a["unexplained"]) == (1, 1)
+    assert en.claims_against_verdicts([between], enrolled)["unexplained"] == 1  # no thresholds: not excused
 
 
 def identification():
