@@ -168,6 +168,9 @@ pub struct Subscriber {
     pub client: AsyncClient,
     messages: mpsc::UnboundedReceiver<Message>,
     task: tokio::task::JoinHandle<()>,
+    /// Result ids returned by [`Subscriber::results`] so far: a persistent session may be sent
+    /// them again after a broker restart (at least once), which is not a new result.
+    results_seen: std::collections::HashSet<String>,
 }
 
 /// How the test client connects.
@@ -209,7 +212,7 @@ impl Subscriber {
             }
         });
         tokio::time::timeout(PATIENCE, subscribed.recv()).await.expect("no SUBACK").unwrap();
-        Self { client, messages, task }
+        Self { client, messages, task, results_seen: Default::default() }
     }
 
     /// The next message, failing the test after [`PATIENCE`].
@@ -240,17 +243,19 @@ impl Subscriber {
         }
     }
 
-    /// Results on `topic` until `n` distinct ids have arrived; returns them in order of first
-    /// arrival, and how many duplicates came along (at-least-once allows them).
+    /// Results on `topic` until `n` ids not returned before (by this or an earlier call) have
+    /// arrived; returns them in order of first arrival, and how many duplicates came along
+    /// (at-least-once allows them: a broker restart may resend what a persistent session had).
     pub async fn results(&mut self, topic: &str, n: usize) -> (Vec<Value>, usize) {
         let mut seen = Vec::<Value>::new();
         let mut duplicates = 0;
         while seen.len() < n {
             let v = self.next_on(topic).await.json();
-            if seen.iter().any(|s| s["id"] == v["id"]) {
-                duplicates += 1;
-            } else {
+            let id = v["id"].as_str().unwrap_or_default().to_string();
+            if self.results_seen.insert(id) {
                 seen.push(v);
+            } else {
+                duplicates += 1;
             }
         }
         (seen, duplicates)
