@@ -7,6 +7,7 @@
 //! `capture` (frames) → `optics` (exposure, envelope, resampling) → `roi` (part mask, ROIs) →
 //! `model` (tract) → `vote` → `result` (the Attribution); `identify` strings them together.
 
+pub mod atomic_file;
 pub mod calibrate;
 pub mod capture;
 pub mod cli;

@@ -235,34 +235,23 @@ impl Monitor {
         let machine = gallery.machines.iter().find(|m| m.label == label)?;
         let reference = machine.drift?;
         let s = self.settings;
-        let entry = self.state.machines.entry(machine.label.clone());
-        let state = match entry {
-            std::collections::btree_map::Entry::Occupied(o) if o.get().fingerprint == machine.id => o.into_mut(),
-            e => {
-                if let std::collections::btree_map::Entry::Occupied(_) = &e {
-                    log::info!(
-                        "drift: {} has a new fingerprint (re-enrolled or refitted); its monitoring starts again",
-                        machine.label
-                    );
-                }
-                let fresh = MachineState {
-                    fingerprint: machine.id.clone(),
-                    reference,
-                    since: a.time.clone(),
-                    parts: 0,
-                    statistic: 0.0,
-                    recent: VecDeque::new(),
-                    alarm: None,
-                };
-                match e {
-                    std::collections::btree_map::Entry::Occupied(mut o) => {
-                        o.insert(fresh);
-                        o.into_mut()
-                    }
-                    std::collections::btree_map::Entry::Vacant(v) => v.insert(fresh),
-                }
-            }
+        let fresh = || MachineState {
+            fingerprint: machine.id.clone(),
+            reference,
+            since: a.time.clone(),
+            parts: 0,
+            statistic: 0.0,
+            recent: VecDeque::new(),
+            alarm: None,
         };
+        let state = self.state.machines.entry(machine.label.clone()).or_insert_with(fresh);
+        if state.fingerprint != machine.id {
+            log::info!(
+                "drift: {} has a new fingerprint (re-enrolled or refitted); its monitoring starts again",
+                machine.label
+            );
+            *state = fresh();
+        }
         let z = standardise(distance, &reference);
         state.parts += 1;
         state.statistic = (state.statistic + z.clamp(-s.max_z, s.max_z) - s.allowance).max(0.0);
@@ -332,7 +321,8 @@ impl Monitor {
             machines: self.state.machines.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&file).expect("the drift state serialises");
-        write_atomic(&store.state_path, &bytes)
+        crate::atomic_file::write(&store.state_path, &bytes)
+            .map_err(|source| DriftError::Write { path: store.state_path.clone(), source })
     }
 }
 
@@ -419,14 +409,6 @@ pub fn read_history(dir: &Path) -> Result<(Vec<HistoryPoint>, usize), DriftError
         }
     }
     Ok((points, bad))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DriftError> {
-    let err = |source| DriftError::Write { path: path.to_owned(), source };
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
 }
 
 fn round4(x: f64) -> f64 {

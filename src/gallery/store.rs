@@ -10,7 +10,6 @@
 //! version current and intact.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -279,22 +278,8 @@ fn lock(dir: &Path) -> Result<File, GalleryError> {
     Ok(file)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder, synced, then renamed.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), GalleryError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|e| io_error(path, e))
+    crate::atomic_file::write(path, bytes).map_err(|e| io_error(path, e))
 }
 
 /// One version found in a gallery's versions folder.
