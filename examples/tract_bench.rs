@@ -20,7 +20,8 @@
 //! - `split`: batches of `--batch` shared out between `--threads` scoped threads that run them
 //!   at once against one shared plan;
 //! - `amfp`: `amfp::model::Model` itself (what `amfp identify` loads) with `--batch` ROIs per
-//!   call, `--threads` and `--batched` (`LoadOptions::per_roi` false), as `Model::load_with` runs it.
+//!   call, `--threads` and `--batched` (`LoadOptions::per_roi` false), as `Model::load_with` runs it;
+//!   `--engine onnxruntime` runs that `Model` on onnxruntime instead (docs/engines.md).
 //!
 //! `--profile` adds the time per op type (one extra run, single-threaded; per node with
 //! `--profile-nodes`), `--dump` the optimised graph's ops with their output shapes and info
@@ -66,6 +67,10 @@ struct Args {
     batched: bool,
     #[arg(long, value_enum, default_value = "seq")]
     mode: Mode,
+    /// `amfp` mode: the engine `Model` runs on (`onnxruntime`: amfp's onnxruntime, to compare
+    /// with Python's on the same ROIs).
+    #[arg(long, value_enum, default_value = "tract")]
+    engine: amfp::model::EngineChoice,
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Measured runs (after --warmup unmeasured ones).
@@ -121,7 +126,12 @@ fn main() -> TractResult<()> {
         let model = amfp::model::Model::load_with(
             &a.model,
             per_call,
-            &amfp::model::LoadOptions { threads: a.threads, per_roi: !a.batched },
+            &amfp::model::LoadOptions {
+                threads: a.threads,
+                per_roi: !a.batched,
+                engine: a.engine,
+                ..Default::default()
+            },
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         (Box::new(move |x: &[f32]| model.logits(x).map_err(|e| anyhow::anyhow!("{e}"))), None)
@@ -185,8 +195,10 @@ fn main() -> TractResult<()> {
     sorted.sort_by(f64::total_cmp);
     let median = if sorted.is_empty() { f64::NAN } else { sorted[sorted.len() / 2] };
 
+    let engine =
+        if a.mode == Mode::Amfp && a.engine != amfp::model::EngineChoice::Tract { "onnxruntime" } else { "tract" };
     let mut report = json!({
-        "engine": "tract", "model": a.model, "mode": format!("{:?}", a.mode).to_lowercase(),
+        "engine": engine, "model": a.model, "mode": format!("{:?}", a.mode).to_lowercase(),
         "threads": a.threads, "rois": a.rois, "per_call": per_call, "batched": a.batched,
         "load_s": load_s, "times_s": times, "median_s": median,
         "rss_before_load_kb": rss_before_load, "peak_rss_kb": peak_rss_kb(),

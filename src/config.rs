@@ -16,6 +16,8 @@ use config::{Map, Value, ValueKind};
 use serde::de::{self, IntoDeserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
+use crate::model::{EngineChoice, LoadOptions};
+
 /// Prefix of the environment variables that override keys: `AMFP__SYNTH__SEED` sets `synth.seed`.
 pub const ENV_PREFIX: &str = "AMFP";
 /// Separator between the prefix, the section and the key of an overriding environment variable.
@@ -79,11 +81,35 @@ pub struct ModelSettings {
     /// The primary model's fingerprint gallery (docs/gallery.md): `auto` (the one beside the
     /// model, when there is one), `off` (the vote alone) or a path.
     pub gallery: GalleryChoice,
+    /// Which engine runs the models (docs/engines.md): `auto` (onnxruntime when its library
+    /// loads, else tract), `onnxruntime` or `tract`.
+    pub engine: EngineChoice,
+    /// onnxruntime's library (`libonnxruntime.so`); not set: amfp's own places (docs/engines.md).
+    pub onnxruntime: Option<PathBuf>,
 }
 
 impl Default for ModelSettings {
     fn default() -> Self {
-        Self { path: None, extra: Vec::new(), threads: 1, gallery: GalleryChoice::Auto }
+        Self {
+            path: None,
+            extra: Vec::new(),
+            threads: 1,
+            gallery: GalleryChoice::Auto,
+            engine: EngineChoice::Auto,
+            onnxruntime: None,
+        }
+    }
+}
+
+impl ModelSettings {
+    /// How to load the models: threads, engine and onnxruntime's library, as configured.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            threads: self.threads,
+            engine: self.engine,
+            onnxruntime_library: self.onnxruntime.clone(),
+            ..LoadOptions::default()
+        }
     }
 }
 
@@ -277,6 +303,8 @@ const ALLOWED: &[(&str, &str)] = &[
     ("model.extra", "a list of paths to ONNX models exported for amfp"),
     ("model.threads", "a whole number of threads per inference call from 1 to 64"),
     ("model.gallery", "auto (the gallery beside the model), off (the vote alone) or a path to a gallery file"),
+    ("model.engine", "auto, onnxruntime or tract"),
+    ("model.onnxruntime", "a path to libonnxruntime.so"),
     ("camera.pixel_um", PIXEL_ALLOWED),
     ("camera.mask", "auto, otsu or full"),
     ("camera.device", "a path to a V4L2 device node, e.g. /dev/video0"),
@@ -401,6 +429,9 @@ impl Settings {
         }
         if self.model.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             out_of("model.path", "an empty path".into());
+        }
+        if self.model.onnxruntime.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            out_of("model.onnxruntime", "an empty path".into());
         }
         if let Some(um) = self.camera.pixel_um
             && !(um.is_finite() && um > 0.0 && um <= MAX_PIXEL_UM)
@@ -1505,6 +1536,7 @@ mod tests {
                     "client_key_file",
                     "dir",
                     "expect",
+                    "onnxruntime",
                 ]
                 .iter()
                 .any(|k| l.starts_with(&format!("{k} = ")))

@@ -19,8 +19,8 @@ use crate::model::{InferenceError, LoadOptions, Model, ModelError};
 use crate::optics::{self, ModelGeometry};
 use crate::reject::{PixelSizeSource, Rejection};
 use crate::result::{
-    AttributeResult, Attribution, Candidate, ClaimCheck, ClaimStatus, EnvelopeReport, GalleryReport, Judgement,
-    ModelRef, OpenSetMode, RoiUse, SourceInfo, Timing, Verdict, ViewReport,
+    AttributeResult, Attribution, Candidate, ClaimCheck, ClaimStatus, EngineRef, EnvelopeReport, GalleryReport,
+    Judgement, ModelRef, OpenSetMode, RoiUse, SourceInfo, Timing, Verdict, ViewReport,
 };
 use crate::roi::{MaskMode, PartSurface};
 use crate::vote::{Ballot, StopRule, Tally, VoteRule};
@@ -73,12 +73,16 @@ pub fn load_models(
     for (i, path) in paths.iter().enumerate() {
         let model = Model::load_with(path, batch, load)?;
         log::info!(
-            "model {} ({}, {} labels, sha256 {})",
+            "model {} ({}, {} labels, sha256 {}) on {}",
             model.meta.name,
             path.display(),
             model.meta.labels.len(),
-            &model.sha256[..12]
+            &model.sha256[..12],
+            model.engine
         );
+        if let Some(why) = &model.fallback {
+            log::warn!("model {} runs on tract, the slower engine: {why}", model.meta.name);
+        }
         let choice = if i == 0 { gallery } else { &GalleryChoice::Auto };
         let loaded = crate::gallery::chosen(choice, &model).map(|p| Gallery::load(&p, &model)).transpose()?;
         match &loaded {
@@ -567,7 +571,12 @@ impl Identifier {
     fn attribute(&self, index: usize, gallery: Option<&Gallery>, j: &ModelRun) -> AttributeResult {
         let model = &self.models[index];
         let meta = &model.meta;
-        let model_ref = ModelRef { name: meta.name.clone(), task: meta.task.clone(), sha256: model.sha256.clone() };
+        let model_ref = ModelRef {
+            name: meta.name.clone(),
+            task: meta.task.clone(),
+            sha256: model.sha256.clone(),
+            engine: Some(EngineRef { name: model.engine.name, version: model.engine.version.clone() }),
+        };
         let judgement = match &j.outcome {
             Err(rejection) => Judgement {
                 verdict: Verdict::Rejected,

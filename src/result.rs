@@ -50,6 +50,16 @@ pub struct ModelRef {
     pub name: String,
     pub task: String,
     pub sha256: String,
+    /// The engine that ran it (absent in results written before amfp had two engines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineRef>,
+}
+
+/// The engine that ran a model, in an Attribution: enough to tell results of the two engines apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineRef {
+    pub name: crate::model::Engine,
+    pub version: String,
 }
 
 /// The outcome of checking a claimed source (a label, a purchase order) against the evidence.

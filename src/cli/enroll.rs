@@ -18,7 +18,6 @@ use crate::capture::file::read_frame;
 use crate::config::{GalleryChoice, Settings};
 use crate::gallery::{self, Document, Gallery, NewMachine, PartEmbedding, Refused};
 use crate::identify::{Identifier, IdentifyOptions, Inspection, load_models, model_paths, resolve_pixel_size};
-use crate::model::LoadOptions;
 use crate::result::{SourceInfo, Verdict};
 use crate::vote::StopRule;
 
@@ -122,7 +121,7 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
     // Every ROI of every part: a fingerprint is made once and used for every verdict after it.
     options.stop = StopRule::Off;
     options.with_embedding = true;
-    let load = LoadOptions { threads: settings.model.threads, ..LoadOptions::default() };
+    let load = settings.model.load_options();
     let (models, galleries) = load_models(&[model_path], options.batch, &load, &GalleryChoice::Path(source.clone()))?;
     let gallery = galleries.into_iter().next().flatten().context("the model's gallery did not load")?;
     let parent = Document::read(&source)?;

@@ -21,7 +21,7 @@ use crate::config::{GalleryChoice, Settings};
 use crate::identify::{
     Identifier, IdentifyOptions, Inspection, RoiRecord, elapsed_ms, load_models, model_paths, resolve_pixel_size,
 };
-use crate::model::LoadOptions;
+use crate::model::EngineChoice;
 use crate::result::{Attribution, ClaimStatus, SourceInfo, Verdict};
 use crate::roi::MaskMode;
 use crate::vote::StopRule;
@@ -65,6 +65,9 @@ pub struct IdentifyArgs {
     /// ROIs of all of them, one verdict. Frames that cannot be used are left out and named.
     #[arg(long, conflicts_with = "camera")]
     pub same_part: bool,
+    /// The inference engine (default: model.engine; docs/engines.md).
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    pub engine: Option<EngineChoice>,
     /// Images judged at once (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
@@ -147,7 +150,10 @@ pub fn run(settings: &Settings, args: IdentifyArgs) -> ExitCode {
     }
     options.with_embedding = args.with_embedding;
     let paths = model_paths(settings, &args.models);
-    let load = LoadOptions { threads: settings.model.threads, ..LoadOptions::default() };
+    let mut load = settings.model.load_options();
+    if let Some(engine) = args.engine {
+        load.engine = engine;
+    }
     let gallery = match (&args.gallery, args.no_gallery) {
         (Some(path), _) => GalleryChoice::Path(path.clone()),
         (None, true) => GalleryChoice::Off,

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::config::GalleryChoice;
 use crate::gallery::Gallery;
 use crate::identify::bundled_model_path;
-use crate::model::{Model, ModelMetadata, Signature};
+use crate::model::{EngineInfo, Model, ModelMetadata, Signature};
 
 /// `amfp model` subcommands.
 #[derive(Debug, Subcommand)]
@@ -67,6 +67,9 @@ struct Inspection<'a> {
     sha256: &'a str,
     metadata: &'a ModelMetadata,
     signature: &'a Signature,
+    /// The engine it runs on here, and why not onnxruntime when `auto` fell back to tract.
+    engine: &'a EngineInfo,
+    engine_fallback: Option<&'a str>,
     camera: CameraNeeds,
     /// The gallery the model judges with; null: the vote alone.
     gallery: Option<GalleryInfo<'a>>,
@@ -89,7 +92,7 @@ pub fn run(settings: &crate::config::Settings, cmd: ModelCommand) -> ExitCode {
     match cmd {
         ModelCommand::Inspect { path, json, gallery } => {
             let path = path.or_else(|| settings.model.path.clone()).unwrap_or_else(bundled_model_path);
-            let model = match Model::load(&path, settings.identify.batch) {
+            let model = match Model::load_with(&path, settings.identify.batch, &settings.model.load_options()) {
                 Ok(m) => m,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -111,6 +114,8 @@ pub fn run(settings: &crate::config::Settings, cmd: ModelCommand) -> ExitCode {
                     sha256: &model.sha256,
                     metadata: &model.meta,
                     signature: &model.signature,
+                    engine: &model.engine,
+                    engine_fallback: model.fallback.as_deref(),
                     camera,
                     gallery: gallery.as_ref().map(|g| GalleryInfo {
                         path: g.path.display().to_string(),
@@ -153,6 +158,7 @@ fn text(model: &Model, camera: &CameraNeeds) -> String {
          task       {task}: {n} labels\n{processes}\
          input      {in_name} {in_type} [{in_dims}]\n\
          output     {out_name} {out_type} [{out_dims}]\n\
+         engine     {engine}{fallback}\n\
          roi        {roi} px at {px} µm/px = {sample:.2} mm of surface, {ch} channel(s), normalised (x - {mean}) / {std}\n\
          vote       {votes} ROIs, min foreground {fg}, unknown below a share of {thr}\n\
          trained on {trained}\n\
@@ -171,6 +177,9 @@ fn text(model: &Model, camera: &CameraNeeds) -> String {
         out_name = sig.output.name,
         out_type = sig.output.elem_type,
         out_dims = sig.output.dims.join(", "),
+        engine = model.engine,
+        fallback =
+            model.fallback.as_deref().map(|why| format!("\n           (not onnxruntime: {why})")).unwrap_or_default(),
         roi = m.roi_px,
         px = m.pixel_size_um,
         sample = camera.sample_mm,

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{EXIT_INVALID, Settings};
 use crate::daemon::settings::{SourceKind, TriggerKind};
 use crate::daemon::{self, DaemonError, RunOptions};
+use crate::model::EngineChoice;
 
 /// Arguments of `amfp run`.
 #[derive(Debug, Args)]
@@ -38,6 +39,9 @@ pub struct RunArgs {
     /// Stop after this many parts (default: run until SIGINT or SIGTERM, or the source ends).
     #[arg(long, value_name = "N")]
     pub parts: Option<u64>,
+    /// The inference engine (default: model.engine; docs/engines.md).
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    pub engine: Option<EngineChoice>,
 }
 
 /// Runs `amfp run`: 0 after a clean stop, 1 when a model, the source or a sink failed,
@@ -62,6 +66,9 @@ pub fn run(settings: &Settings, args: RunArgs) -> ExitCode {
     }
     if let Some(d) = args.state_dir {
         settings.daemon.state_dir = d;
+    }
+    if let Some(engine) = args.engine {
+        settings.model.engine = engine;
     }
     let problems = settings.check();
     if !problems.is_empty() {

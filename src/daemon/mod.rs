@@ -43,7 +43,6 @@ use crate::capture::v4l2::V4l2Source;
 use crate::config::Settings;
 use crate::drift::Monitor;
 use crate::identify::{Identifier, IdentifyOptions, Inspection, load_models, model_paths, resolve_pixel_size};
-use crate::model::LoadOptions;
 use crate::publish::{InspectCommand, MqttPublisher};
 use crate::result::Verdict;
 use crate::synth::fleet::Fleet;
@@ -115,19 +114,17 @@ pub async fn run(
     let identify = IdentifyOptions::from_settings(&settings);
     let device = identify.device.clone();
     let paths = model_paths(&settings, &options.models);
-    let (batch, threads) = (identify.batch, settings.model.threads);
+    let (batch, load) = (identify.batch, settings.model.load_options());
     let gallery = settings.model.gallery.clone();
-    let (models, galleries) = tokio::task::spawn_blocking(move || {
-        let load = LoadOptions { threads, ..LoadOptions::default() };
-        load_models(&paths, batch, &load, &gallery)
-    })
-    .await
-    .expect("model loading panicked")
-    .map_err(|e| DaemonError::Failed(e.to_string()))?;
+    let (models, galleries) = tokio::task::spawn_blocking(move || load_models(&paths, batch, &load, &gallery))
+        .await
+        .expect("model loading panicked")
+        .map_err(|e| DaemonError::Failed(e.to_string()))?;
     let gallery_status =
         galleries[0].as_ref().map(|g| json!({"version": g.version, "sha256": g.sha256, "machines": g.machines.len()}));
     let model_status = json!({
         "name": models[0].meta.name, "task": models[0].meta.task, "sha256": models[0].sha256,
+        "engine": models[0].engine,
         "pixel_size_um": models[0].meta.pixel_size_um, "roi_px": models[0].meta.roi_px,
         "open_set": if gallery_status.is_some() { "gallery" } else { "vote" }, "gallery": gallery_status,
     });

@@ -1,34 +1,36 @@
-//! Loading an ONNX model with tract and running it on batches of ROIs.
+//! Loading an ONNX model and running it on batches of ROIs, on onnxruntime or tract.
 //!
 //! A model is loaded once: the file is hashed (the sha256 goes into every result, so a fleet
 //! manager knows exactly which model judged a part), its metadata contract is checked, its
-//! input and output are checked to be an image batch and one logit per label, the ROI batch is
-//! fixed, and tract optimises the graph for that shape. The loaded [`Model`] is immutable and
-//! can be shared between threads; each [`Model::logits`] call runs on its own state.
+//! input and output are checked to be an image batch and one logit per label, and an engine
+//! prepares it for batches of ROIs. Two engines run the same contract (docs/engines.md):
+//! onnxruntime (the `onnxruntime` module: fast, a library loaded at run time) and tract (the
+//! `tract` module: pure Rust, everywhere). `model.engine = "auto"` takes onnxruntime when its
+//! library loads and tract otherwise; nothing above this module knows which runs, beyond the
+//! [`EngineInfo`] it reports. The loaded [`Model`] is immutable and can be shared between
+//! threads.
 
 pub mod metadata;
+mod onnxruntime;
+mod tract;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
-use tract_onnx::prelude::*;
+use tract_onnx::prelude::Framework;
 
 pub use metadata::{EmbeddingSpec, MetadataError, ModelMetadata};
+pub use onnxruntime::LibraryError;
+pub use tract::multithread_executor;
 
 /// ONNX's code for float32 tensors (TensorProto.DataType.FLOAT).
 const ONNX_FLOAT: i32 = 1;
 
-/// A model amfp can run: its metadata, identity and tract's optimised plan for one ROI batch.
-///
-/// How tract runs a batch is a [`LoadOptions`] choice measured in BENCHMARKS.md: by default the
-/// plan is optimised for one ROI and a batch runs as that many one-ROI calls, because tract
-/// convolves a single image with lazy im2col (fused into the matrix product) but a batch with an
-/// eager im2col that costs more than the product itself.
+/// A model amfp can run: its metadata, identity, and the engine prepared to run it.
 pub struct Model {
     /// Where it was loaded from.
     pub path: PathBuf,
@@ -38,11 +40,38 @@ pub struct Model {
     pub meta: ModelMetadata,
     /// The graph's declared input and output, as in the file (for `amfp model inspect`).
     pub signature: Signature,
+    /// Which engine runs it (reported in results, the status and `amfp model inspect`).
+    pub engine: EngineInfo,
+    /// Why `auto` runs on tract: onnxruntime's library could not be loaded (with the fix).
+    pub fallback: Option<String>,
+    shape: Shape,
+    backend: Backend,
+}
+
+/// The engine that runs a loaded model.
+enum Backend {
+    Tract(tract::TractEngine),
+    OnnxRuntime(onnxruntime::OrtEngine),
+}
+
+/// What the engines need to know of a model's tensors (from the metadata and the signature).
+#[derive(Debug, Clone)]
+struct Shape {
+    /// ROIs per [`Model::run`] call.
     batch: usize,
-    /// ROIs per tract call: 1 (per-ROI plan) or `batch`.
-    plan_batch: usize,
-    threads: usize,
-    plan: Arc<TypedRunnableModel>,
+    channels: usize,
+    roi: usize,
+    labels: usize,
+    logits_output: String,
+    /// The embedding output's name and width, when the model has one.
+    embedding: Option<(String, usize)>,
+}
+
+impl Shape {
+    /// Floats in one ROI.
+    fn roi_len(&self) -> usize {
+        self.channels * self.roi * self.roi
+    }
 }
 
 impl fmt::Debug for Model {
@@ -50,8 +79,60 @@ impl fmt::Debug for Model {
         f.debug_struct("Model")
             .field("path", &self.path)
             .field("name", &self.meta.name)
-            .field("batch", &self.batch)
+            .field("batch", &self.shape.batch)
+            .field("engine", &self.engine)
             .finish()
+    }
+}
+
+/// Which engine to run models on (`model.engine`, `--engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    /// onnxruntime when its library loads, tract otherwise (said once in the log).
+    #[default]
+    Auto,
+    /// onnxruntime, or an error naming where its library was looked for and the fix.
+    Onnxruntime,
+    /// tract, the pure-Rust engine: no library, slower (BENCHMARKS.md).
+    Tract,
+}
+
+/// An engine that runs models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Onnxruntime,
+    Tract,
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Engine::Onnxruntime => "onnxruntime",
+            Engine::Tract => "tract",
+        })
+    }
+}
+
+/// The engine a model runs on, as results and the status report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    pub name: Engine,
+    /// The engine's version (onnxruntime's library's own, or tract's crate version).
+    pub version: String,
+    /// onnxruntime's library file; absent for tract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<PathBuf>,
+}
+
+impl fmt::Display for EngineInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.name, self.version)?;
+        if let Some(lib) = &self.library {
+            write!(f, " ({})", lib.display())?;
+        }
+        Ok(())
     }
 }
 
@@ -83,8 +164,11 @@ pub enum ModelError {
         "model {path} does not take images: {detail}; amfp needs one float32 input [N, C, H, W] and one output [N, classes]"
     )]
     NotAnImageModel { path: PathBuf, detail: String },
-    #[error("tract cannot run model {path}: {detail}")]
-    Tract { path: PathBuf, detail: String },
+    #[error("{engine} cannot run model {path}: {detail}")]
+    Engine { path: PathBuf, engine: &'static str, detail: String },
+    /// `model.engine = "onnxruntime"` and its library cannot be loaded.
+    #[error(transparent)]
+    OnnxRuntimeLibrary(LibraryError),
     #[error(
         "a whole-batch plan on {threads} threads needs tract's multithread executor, which this build leaves out; \
          build with `--features tract-executor`, or keep the per-ROI plan (the default), which shares ROIs between threads"
@@ -92,7 +176,7 @@ pub enum ModelError {
     NoExecutor { threads: usize },
 }
 
-/// Inference failed on a loaded model (a tract runtime error: rare, and a bug when it happens).
+/// Inference failed on a loaded model (an engine's runtime error: rare, and a bug when it happens).
 #[derive(Debug, thiserror::Error)]
 #[error("inference with model {name} failed: {detail}")]
 pub struct InferenceError {
@@ -104,25 +188,31 @@ pub struct InferenceError {
 /// beyond float rounding (each ROI's logits are computed on their own either way).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Threads per [`Model::logits`] call. With `per_roi`, the batch's ROIs are shared out
-    /// between that many scoped threads; without, tract's multithread executor (a private rayon
-    /// pool) runs inside each op, which only builds with the `tract-executor` feature (it is the
-    /// slowest way to use two cores, BENCHMARKS.md, and adds megabytes to the binary).
-    /// 1 runs everything on the caller's thread.
+    /// Threads per [`Model::logits`] call. onnxruntime: its intra-op threads. tract with
+    /// `per_roi`: the batch's ROIs are shared out between that many scoped threads; without,
+    /// tract's multithread executor (a private rayon pool) runs inside each op, which only
+    /// builds with the `tract-executor` feature (it is the slowest way to use two cores,
+    /// BENCHMARKS.md, and adds megabytes to the binary). 1 runs everything on the caller's thread.
     pub threads: usize,
-    /// Optimise the plan for one ROI and run a batch ROI by ROI (default): tract's lazy im2col
-    /// only applies to a batch of one. `false` optimises for the whole batch (eager im2col).
+    /// tract only: optimise the plan for one ROI and run a batch ROI by ROI (default): tract's
+    /// lazy im2col only applies to a batch of one. `false` optimises for the whole batch (eager
+    /// im2col). onnxruntime always runs the whole batch in one call.
     pub per_roi: bool,
+    /// Which engine.
+    pub engine: EngineChoice,
+    /// onnxruntime's library: this file only (`model.onnxruntime`); `None` looks in amfp's
+    /// places (docs/engines.md).
+    pub onnxruntime_library: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { threads: 1, per_roi: true }
+        Self { threads: 1, per_roi: true, engine: EngineChoice::Auto, onnxruntime_library: None }
     }
 }
 
 impl Model {
-    /// Loads, checks and optimises a model for batches of `batch` ROIs.
+    /// Loads, checks and prepares a model for batches of `batch` ROIs on the default engine.
     pub fn load(path: &Path, batch: usize) -> Result<Self, ModelError> {
         Self::load_with(path, batch, &LoadOptions::default())
     }
@@ -142,8 +232,7 @@ impl Model {
     pub fn from_bytes_with(path: &Path, bytes: &[u8], batch: usize, options: &LoadOptions) -> Result<Self, ModelError> {
         assert!(batch >= 1, "ROI batch must be at least 1");
         let sha256 = hex(&Sha256::digest(bytes));
-        let onnx = tract_onnx::onnx().with_ignore_value_info(true);
-        let proto = onnx
+        let proto = tract_onnx::onnx()
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| ModelError::NotOnnx { path: path.to_owned(), detail: format!("{e:#}") })?;
         let graph = proto
@@ -155,63 +244,59 @@ impl Model {
             .map_err(|source| ModelError::Metadata { path: path.to_owned(), source })?;
         let not_image = |detail: String| ModelError::NotAnImageModel { path: path.to_owned(), detail };
         let signature = check_signature(graph, &meta).map_err(not_image)?;
-
-        let tract_err = |e: TractError| ModelError::Tract { path: path.to_owned(), detail: format!("{e:#}") };
-        let (c, r) = (meta.channels as usize, meta.roi_px as usize);
-        let plan_batch = if options.per_roi { 1 } else { batch };
-        let threads = options.threads.max(1);
-        let mut outputs = vec![signature.output.name.clone()];
-        if let Some(spec) = &meta.embedding {
-            if !graph.output.iter().any(|o| o.name == spec.output) {
-                let names: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
-                return Err(not_image(format!(
-                    "amfp.embedding_output names {:?}, but the graph's outputs are {}; re-export the model or add the \
-                     output with `python -m amfp_train.embedding` (docs/gallery.md)",
-                    spec.output,
-                    names.join(", ")
-                )));
-            }
-            outputs.push(spec.output.clone());
-        }
-        let typed = onnx
-            .model_for_proto_model(&proto)
-            .and_then(|mut m| m.select_outputs_by_name(&outputs).map(|()| m))
-            .and_then(|m| m.with_input_fact(0, f32::fact([plan_batch, c, r, r]).into()))
-            .and_then(|m| m.into_optimized())
-            .map_err(tract_err)?;
-        let out = typed.output_fact(0).map_err(tract_err)?;
-        let want = [plan_batch, meta.labels.len()];
-        if out.shape.as_concrete() != Some(&want[..]) {
+        if let Some(spec) = &meta.embedding
+            && !graph.output.iter().any(|o| o.name == spec.output)
+        {
+            let names: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
             return Err(not_image(format!(
-                "for an input of {plan_batch} ROIs its output has shape {:?}, not {want:?} (one logit per each of the {} labels)",
-                out.shape,
-                meta.labels.len()
+                "amfp.embedding_output names {:?}, but the graph's outputs are {}; re-export the model or add the \
+                 output with `python -m amfp_train.embedding` (docs/gallery.md)",
+                spec.output,
+                names.join(", ")
             )));
         }
-        if let Some(spec) = &meta.embedding {
-            let out = typed.output_fact(1).map_err(tract_err)?;
-            let want = [plan_batch, spec.dim as usize];
-            if out.shape.as_concrete() != Some(&want[..]) {
-                return Err(not_image(format!(
-                    "for an input of {plan_batch} ROIs its embedding output {:?} has shape {:?}, not {want:?} (amfp.embedding_dim)",
-                    spec.output, out.shape
-                )));
+        let shape = Shape {
+            batch,
+            channels: meta.channels as usize,
+            roi: meta.roi_px as usize,
+            labels: meta.labels.len(),
+            logits_output: signature.output.name.clone(),
+            embedding: meta.embedding.as_ref().map(|e| (e.output.clone(), e.dim as usize)),
+        };
+        let ort = || {
+            let threads = options.threads;
+            onnxruntime::OrtEngine::load(path, bytes, &shape, threads, options.onnxruntime_library.as_deref())
+        };
+        let mut fallback = None;
+        let backend = match options.engine {
+            EngineChoice::Tract => Backend::Tract(tract::TractEngine::load(path, &proto, &shape, options)?),
+            EngineChoice::Onnxruntime => Backend::OnnxRuntime(ort()?),
+            EngineChoice::Auto => match ort() {
+                Ok(engine) => Backend::OnnxRuntime(engine),
+                Err(ModelError::OnnxRuntimeLibrary(why)) => {
+                    fallback = Some(why.to_string());
+                    Backend::Tract(tract::TractEngine::load(path, &proto, &shape, options)?)
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let engine = match &backend {
+            Backend::Tract(_) => EngineInfo { name: Engine::Tract, version: tract::VERSION.into(), library: None },
+            Backend::OnnxRuntime(e) => {
+                EngineInfo { name: Engine::Onnxruntime, version: e.version.clone(), library: Some(e.library.clone()) }
             }
-        }
-        let run_options = RunOptions { executor: batch_executor(threads, options.per_roi)?, ..Default::default() };
-        let plan = typed.into_runnable_with_options(&run_options).map_err(tract_err)?;
-        Ok(Self { path: path.to_owned(), sha256, meta, signature, batch, plan_batch, threads, plan })
+        };
+        Ok(Self { path: path.to_owned(), sha256, meta, signature, engine, fallback, shape, backend })
     }
 
     /// ROIs per inference call: inputs must hold exactly this many.
     pub fn batch(&self) -> usize {
-        self.batch
+        self.shape.batch
     }
 
     /// Floats in one ROI of the input (channels x roi x roi).
     pub fn roi_len(&self) -> usize {
-        let r = self.meta.roi_px as usize;
-        self.meta.channels as usize * r * r
+        self.shape.roi_len()
     }
 
     /// Features per ROI of the embedding output, when the model has one.
@@ -222,26 +307,11 @@ impl Model {
     /// Runs one batch: `input` holds `batch()` normalised ROIs (NCHW); the result holds
     /// `batch()` rows of logits and, when the model has an embedding output, `batch()` rows of it.
     pub fn run(&self, input: &[f32]) -> Result<Outputs, InferenceError> {
-        let err = |e: TractError| InferenceError { name: self.meta.name.clone(), detail: format!("{e:#}") };
-        let (c, r) = (self.meta.channels as usize, self.meta.roi_px as usize);
-        assert_eq!(input.len(), self.batch * self.roi_len(), "input must hold exactly one batch of ROIs");
-        let call = |x: &[f32]| -> Result<Vec<Outputs>, InferenceError> {
-            let tensor = Tensor::from_shape(&[self.plan_batch, c, r, r], x).map_err(err)?;
-            let out = self.plan.run(tvec!(tensor.into_tvalue())).map_err(err)?;
-            let rows = |i: usize| -> Result<Vec<f32>, InferenceError> {
-                Ok(out[i].to_plain_array_view::<f32>().map_err(err)?.iter().copied().collect())
-            };
-            let embeddings = if out.len() > 1 { rows(1)? } else { Vec::new() };
-            Ok(vec![Outputs { logits: rows(0)?, embeddings }])
-        };
-        let calls: Vec<&[f32]> = input.chunks(self.plan_batch * self.roi_len()).collect();
-        let parts = run_in_order(&calls, self.threads, |x| call(x))?;
-        let mut all = Outputs { logits: Vec::new(), embeddings: Vec::new() };
-        for part in parts {
-            all.logits.extend(part.logits);
-            all.embeddings.extend(part.embeddings);
+        assert_eq!(input.len(), self.shape.batch * self.roi_len(), "input must hold exactly one batch of ROIs");
+        match &self.backend {
+            Backend::Tract(engine) => engine.run(&self.shape, input, &self.meta.name),
+            Backend::OnnxRuntime(engine) => engine.run(&self.shape, input, &self.meta.name),
         }
-        Ok(all)
     }
 
     /// Runs one batch: `input` holds `batch()` normalised ROIs (NCHW), the result `batch()` rows of logits.
@@ -272,25 +342,6 @@ pub struct Outputs {
     pub logits: Vec<f32>,
     /// `batch` rows of `embedding_dim` features, or nothing.
     pub embeddings: Vec<f32>,
-}
-
-/// tract's executor for a plan: its multithread one (a rayon pool inside each op) only for a
-/// whole-batch plan on several threads; per-ROI plans share ROIs between threads themselves.
-fn batch_executor(threads: usize, per_roi: bool) -> Result<Option<multithread::Executor>, ModelError> {
-    if threads <= 1 || per_roi { Ok(None) } else { multithread_executor(threads).map(Some) }
-}
-
-/// tract's multithread executor on `threads` threads: the one place that knows it exists only
-/// with the `tract-executor` feature (the benchmark's `tract_bench` asks here too).
-#[cfg(feature = "tract-executor")]
-pub fn multithread_executor(threads: usize) -> Result<multithread::Executor, ModelError> {
-    Ok(multithread::Executor::multithread(threads))
-}
-
-/// Without the `tract-executor` feature tract has no multithread executor to give.
-#[cfg(not(feature = "tract-executor"))]
-pub fn multithread_executor(threads: usize) -> Result<multithread::Executor, ModelError> {
-    Err(ModelError::NoExecutor { threads })
 }
 
 /// Runs `call` on every item and concatenates the results in item order, sharing the items
@@ -453,27 +504,32 @@ mod tests {
         }
     }
 
-    /// Every way of running a batch gives the same probabilities (up to float rounding), and a
-    /// whole-batch plan on several threads is refused with the fix when tract's multithread
-    /// executor is not built in (the shipped configuration: Cargo.toml `tract-executor`).
+    /// Every way of running a batch, on either engine, gives the same probabilities (up to
+    /// float rounding), and a whole-batch tract plan on several threads is refused with the fix
+    /// when tract's multithread executor is not built in (the shipped configuration: Cargo.toml
+    /// `tract-executor`). onnxruntime's library must be where amfp looks for it
+    /// (`scripts/fetch-onnxruntime`, which `.ci/test` runs).
     #[test]
-    fn run_options_agree_and_a_missing_executor_is_refused() {
+    fn run_options_and_engines_agree_and_a_missing_executor_is_refused() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/amfp-synth-v3.onnx");
         let batch = 3;
-        let reference = Model::load(&path, batch).unwrap();
+        let tract =
+            |threads, per_roi| LoadOptions { threads, per_roi, engine: EngineChoice::Tract, ..Default::default() };
+        let ort = |threads| LoadOptions { threads, engine: EngineChoice::Onnxruntime, ..Default::default() };
+        let reference = Model::load_with(&path, batch, &tract(1, true)).unwrap();
+        assert_eq!(reference.engine.name, Engine::Tract);
         use rand::{RngExt, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
         let input: Vec<f32> = (0..batch * reference.roi_len()).map(|_| rng.random::<f32>()).collect();
         let want = reference.probabilities(&input).unwrap();
-        for options in [
-            LoadOptions { threads: 2, per_roi: true },
-            LoadOptions { threads: 1, per_roi: false },
-            LoadOptions { threads: 2, per_roi: false },
-        ] {
-            let refused = !cfg!(feature = "tract-executor") && options == LoadOptions { threads: 2, per_roi: false };
+        for options in [tract(2, true), tract(1, false), tract(2, false), ort(1), ort(2)] {
+            let refused = !cfg!(feature = "tract-executor") && options == tract(2, false);
             match Model::load_with(&path, batch, &options) {
                 Ok(model) => {
                     assert!(!refused, "{options:?} loaded without tract's multithread executor");
+                    let engine =
+                        if options.engine == EngineChoice::Tract { Engine::Tract } else { Engine::Onnxruntime };
+                    assert_eq!(model.engine.name, engine);
                     let got = model.probabilities(&input).unwrap();
                     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
                     assert!(worst < 1e-5, "{options:?}: probabilities differ by {worst}");
@@ -485,6 +541,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `onnxruntime` with a library that is not one is an error naming the file and the fix;
+    /// `auto` with the same falls back to tract and says why.
+    #[test]
+    fn a_bad_onnxruntime_library_is_an_error_or_a_fallback_with_the_reason() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/amfp-synth-v3.int8.onnx");
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("libonnxruntime.so");
+        std::fs::write(&fake, b"not a library").unwrap();
+        let options = |engine| LoadOptions { engine, onnxruntime_library: Some(fake.clone()), ..Default::default() };
+        let e = Model::load_with(&path, 2, &options(EngineChoice::Onnxruntime)).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, ModelError::OnnxRuntimeLibrary(_)), "{text}");
+        assert!(text.contains(&fake.display().to_string()) && text.contains("scripts/fetch-onnxruntime"), "{text}");
+        let model = Model::load_with(&path, 2, &options(EngineChoice::Auto)).unwrap();
+        assert_eq!(model.engine.name, Engine::Tract);
+        assert!(model.fallback.as_deref().is_some_and(|why| why.contains(&fake.display().to_string())));
+    }
+
+    /// The tract version reported in results is the one Cargo.lock builds.
+    #[test]
+    fn the_reported_tract_version_is_the_locked_one() {
+        let lock = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock")).unwrap();
+        let want = format!("name = \"tract-onnx\"\nversion = \"{}\"", tract::VERSION);
+        assert!(lock.contains(&want), "Cargo.lock does not lock tract-onnx {}", tract::VERSION);
     }
 
     #[test]

@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_FLEET = REPO / "models" / "amfp-synth-v3.fleet.toml"
 
 # Seeds: the benchmark's own range. The project's other seeds (grep -rn seed): 1-11, 42, 77, 99,
-# 1001, 1234, 2024, 4321, 31337 (test_tract_parity), 20261121-20261124 (Rust tests), 7 (the
+# 1001, 1234, 2024, 4321, 31337 (test_engine_parity), 20261121-20261124 (Rust tests), 7 (the
 # reference fleet and its training set). Each case adds its offset to --seed (default BASE_SEED).
 BASE_SEED = 31_000
 SEED_OFFSETS = {

@@ -1,11 +1,14 @@
-"""The daemon (tract) and the training side (onnxruntime, numpy) agree on the same ROIs.
+"""The daemon, on each of its engines, and the training side (Python onnxruntime, numpy) agree
+on the same ROIs.
 
-`amfp identify --save-rois DIR` writes the exact normalised ROIs the daemon fed tract, their
-corners, and tract's SoftMax outputs. Here the same ROIs go through onnxruntime, and the same
-corners are cut from the image by the training code's own loader:
+`amfp identify --save-rois DIR` writes the exact normalised ROIs the daemon fed its engine, their
+corners, and the engine's SoftMax outputs. Here the same ROIs go through Python's onnxruntime,
+and the same corners are cut from the image by the training code's own loader:
 
-- f32: tract's probabilities equal onnxruntime's within 1e-4;
-- int8: the same argmax for at least 99 % of ROIs (quantized kernels round differently);
+- f32: the daemon's probabilities equal Python onnxruntime's within 1e-4, on tract and on amfp's
+  onnxruntime (docs/engines.md);
+- int8: the same argmax for at least 99 % of ROIs (tract's quantized kernels round differently
+  from onnxruntime's);
 - preprocessing: the daemon's ROIs equal the training pipeline's crops of the same corners,
   normalised with the model's mean and std (so the model sees in the field what it saw in training).
 
@@ -48,9 +51,9 @@ def parts(tmp_path_factory) -> list[Path]:
     return sorted((d / "scans").glob("*.png"))
 
 
-def saved_rois(model: Path, images: list[Path], out: Path) -> list[dict]:
+def saved_rois(model: Path, images: list[Path], out: Path, engine: str = "auto") -> list[dict]:
     r = subprocess.run([amfp(), "identify", "--json", "--early-stop", "off", "--model", str(model),
-                        "--save-rois", str(out), *map(str, images)],
+                        "--engine", engine, "--save-rois", str(out), *map(str, images)],
                        capture_output=True, text=True, timeout=600,
                        env={**os.environ, "AMFP_CONFIG": str(REPO / "tests" / "data" / "empty.toml")})
     assert r.returncode in (0, 3), r.stderr
@@ -63,10 +66,12 @@ def meta(model: Path) -> dict:
     return {p.key: p.value for p in onnx.load(str(model)).metadata_props}
 
 
+@pytest.mark.parametrize("engine", ["tract", "onnxruntime"])
 @pytest.mark.parametrize("kind", ["f32", "int8"])
-def test_tract_and_onnxruntime_agree_on_the_same_rois(kind, parts, tmp_path):
+def test_each_engine_and_python_onnxruntime_agree_on_the_same_rois(kind, engine, parts, tmp_path):
     model = MODELS[kind]
-    saved_rois(model, parts, tmp_path)
+    results = saved_rois(model, parts, tmp_path, engine)
+    assert {r["model"]["engine"]["name"] for r in results} == {engine}
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     tract_p, ort_p = [], []
@@ -81,7 +86,7 @@ def test_tract_and_onnxruntime_agree_on_the_same_rois(kind, parts, tmp_path):
     tract_p, ort_p = np.concatenate(tract_p), np.concatenate(ort_p)
     agree = float((tract_p.argmax(1) == ort_p.argmax(1)).mean())
     diff = float(np.abs(tract_p - ort_p).max())
-    print(f"{kind}: {len(tract_p)} ROIs, max |p_tract - p_ort| = {diff:.2e}, argmax agreement {agree:.4f}")
+    print(f"{kind} on {engine}: {len(tract_p)} ROIs, max |p_amfp - p_ort| = {diff:.2e}, argmax agreement {agree:.4f}")
     if kind == "f32":
         assert diff <= 1e-4
     else:
