@@ -60,11 +60,23 @@ fn score(parts: &[Part], results: &[serde_json::Value]) -> Run {
 /// fresh parts of every known machine, through the CLI: measured once per test run (two tests
 /// read it; the second waits for the first's measurement).
 fn known_parts() -> &'static (Run, Run) {
-    static MEASURED: std::sync::OnceLock<(Run, Run)> = std::sync::OnceLock::new();
+    &measured().0
+}
+
+/// The full vote on the default engine and on tract, part by part: (file, verdict, label) of
+/// each part whose verdict or label differs, and tract's run.
+fn engines() -> &'static (Vec<String>, Run) {
+    &measured().1
+}
+
+type Measured = ((Run, Run), (Vec<String>, Run));
+
+fn measured() -> &'static Measured {
+    static MEASURED: std::sync::OnceLock<Measured> = std::sync::OnceLock::new();
     MEASURED.get_or_init(measure_known_parts)
 }
 
-fn measure_known_parts() -> (Run, Run) {
+fn measure_known_parts() -> Measured {
     let dir = tempfile::tempdir().unwrap();
     let machines = labels(INT8_MODEL);
     let parts = simulate_across_builds(dir.path(), &machines, KNOWN_PARTS_PER_RUN, KNOWN_RUNS, KNOWN_SEED);
@@ -74,6 +86,25 @@ fn measure_known_parts() -> (Run, Run) {
     let (full, out) = identify_json(&["--model", model, "--early-stop", "off"], &files);
     assert!(out.status.code().is_some_and(|c| c == 0 || c == 3), "{out:?}");
     let (early, _) = identify_json(&["--model", model, "--early-stop", "sequential"], &files);
+    // The same parts on tract, the fallback engine (the default is onnxruntime: docs/engines.md).
+    let (on_tract, _) = identify_json(&["--model", model, "--early-stop", "off", "--engine", "tract"], &files);
+    assert!(
+        full.iter().all(|a| a["model"]["engine"]["name"] == "onnxruntime"),
+        "the default engine is not onnxruntime"
+    );
+    assert!(on_tract.iter().all(|a| a["model"]["engine"]["name"] == "tract"));
+    let differ: Vec<String> = full
+        .iter()
+        .zip(&on_tract)
+        .filter(|(a, b)| a["verdict"] != b["verdict"] || a["label"] != b["label"])
+        .map(|(a, b)| {
+            format!(
+                "{}: {} {} on onnxruntime, {} {} on tract",
+                a["source"]["name"], a["verdict"], a["label"], b["verdict"], b["label"]
+            )
+        })
+        .collect();
+    let tract_full = score(&parts, &on_tract);
     let (full, early) = (score(&parts, &full), score(&parts, &early));
     eprintln!(
         "int8, {} fresh parts: full 16-ROI vote accuracy {:.4} ({} ROIs/part), sequential early stop {:.4} ({:.2} ROIs/part); \
@@ -88,7 +119,17 @@ fn measure_known_parts() -> (Run, Run) {
         full.wrong,
         early.wrong,
     );
-    (full, early)
+    eprintln!(
+        "int8 on tract, the same parts: full 16-ROI vote accuracy {:.4}, false reject {:.4}, wrong {}; \
+         {} of {} part verdicts differ from onnxruntime's{}",
+        accuracy(&tract_full),
+        false_reject(&tract_full),
+        tract_full.wrong,
+        differ.len(),
+        full.total,
+        differ.iter().map(|d| format!("\n  {d}")).collect::<String>()
+    );
+    ((full, early), (differ, tract_full))
 }
 
 fn accuracy(r: &Run) -> f64 {
@@ -118,6 +159,21 @@ fn calibration() -> serde_json::Value {
 fn agrees(rate: f64, n: usize, card: f64, card_n: f64) -> bool {
     let se = (card * (1.0 - card) * (1.0 / n as f64 + 1.0 / card_n)).sqrt();
     (rate - card).abs() <= 3.0 * se + 1.0 / n as f64
+}
+
+/// Both engines give every part the same verdict and label (docs/engines.md): tract, the
+/// fallback, judges as onnxruntime does, and reaches the model card's accuracy too.
+#[test]
+fn tract_and_onnxruntime_give_the_same_part_verdicts() {
+    let (differ, tract) = engines();
+    assert!(differ.is_empty(), "{} part verdicts differ between the engines:\n{}", differ.len(), differ.join("\n"));
+    let card = &model_card()["int8"];
+    let (card_n, card_acc) = (card["parts"].as_f64().unwrap(), card["accuracy"].as_f64().unwrap());
+    assert!(
+        agrees(accuracy(tract), tract.total, card_acc, card_n),
+        "tract accuracy {:.4} vs card {card_acc:.4}",
+        accuracy(tract)
+    );
 }
 
 #[test]

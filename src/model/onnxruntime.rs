@@ -118,7 +118,9 @@ fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
         out.push(PathBuf::from(p));
     }
     if let Some(bin) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_owned)) {
-        out.push(bin.join("../lib/amfp").join(LIBRARY_NAME));
+        if let Some(prefix) = bin.parent() {
+            out.push(prefix.join("lib/amfp").join(LIBRARY_NAME));
+        }
         out.push(bin.join(LIBRARY_NAME));
         for dir in bin.ancestors().take(5) {
             out.push(dir.join(CHECKOUT_DIR).join(std::env::consts::ARCH).join(LIBRARY_NAME));
