@@ -618,29 +618,29 @@ def drive(a) -> int:
     # 6. amfp end to end per part, and the daemon's RSS
     for engine, kind, stop, threads in [(e, k, s, t) for e in ("onnxruntime", "tract") for k in ("int8", "f32")
                                         for s in ("off", "sequential") for t in (1, 2)]:
-                runs = []
-                for _ in range(1 if a.quick else 3):
-                    so, wall, rss = run_child([str(a.amfp), "identify", "--json", "--early-stop", stop, "--threads", str(threads),
-                                               "--engine", engine, "--model", str(MODELS[kind]), *map(str, scans)], amfp_env())
-                    results = [json.loads(line) for line in so.splitlines()]
-                    runs.append((wall, rss, results))
-                wall = median([w for w, _, _ in runs])
-                results = runs[0][2]
-                per_part = [r["timing_ms"] for r in results]
-                assert {r["model"]["engine"]["name"] for r in results} == {engine}, f"amfp identify did not run on {engine}"
-                res["e2e"].append({
-                    "engine": engine, "kind": kind, "early_stop": stop, "threads": threads, "parts": len(results), "wall_s": wall,
-                    "parts_per_s": len(results) / wall, "peak_rss_mib": max(r for _, r, _ in runs),
-                    "median_total_ms": median([t["total"] for t in per_part]),
-                    "median_capture_ms": median([t["capture"] for t in per_part]),
-                    "median_preprocess_ms": median([t["preprocess"] for t in per_part]),
-                    "median_inference_ms": median([t["inference"] for t in per_part]),
-                    "mean_rois": sum(r["rois"]["used"] for r in results) / len(results),
-                    "verdicts": {v: sum(r["verdict"] == v for r in results) for v in ("identified", "unknown", "rejected")},
-                })
-                e = res["e2e"][-1]
-                log(f"e2e {engine} {kind} stop={stop} thr={threads}: {e['median_total_ms']:.0f} ms/part, {e['parts_per_s']:.2f} parts/s, "
-                    f"{e['mean_rois']:.1f} ROIs, {e['peak_rss_mib']:.0f} MiB")
+        runs = []
+        for _ in range(1 if a.quick else 3):
+            so, wall, rss = run_child([str(a.amfp), "identify", "--json", "--early-stop", stop, "--threads", str(threads),
+                                       "--engine", engine, "--model", str(MODELS[kind]), *map(str, scans)], amfp_env())
+            results = [json.loads(line) for line in so.splitlines()]
+            runs.append((wall, rss, results))
+        wall = median([w for w, _, _ in runs])
+        results = runs[0][2]
+        per_part = [r["timing_ms"] for r in results]
+        assert {r["model"]["engine"]["name"] for r in results} == {engine}, f"amfp identify did not run on {engine}"
+        res["e2e"].append({
+            "engine": engine, "kind": kind, "early_stop": stop, "threads": threads, "parts": len(results), "wall_s": wall,
+            "parts_per_s": len(results) / wall, "peak_rss_mib": max(r for _, r, _ in runs),
+            "median_total_ms": median([t["total"] for t in per_part]),
+            "median_capture_ms": median([t["capture"] for t in per_part]),
+            "median_preprocess_ms": median([t["preprocess"] for t in per_part]),
+            "median_inference_ms": median([t["inference"] for t in per_part]),
+            "mean_rois": sum(r["rois"]["used"] for r in results) / len(results),
+            "verdicts": {v: sum(r["verdict"] == v for r in results) for v in ("identified", "unknown", "rejected")},
+        })
+        e = res["e2e"][-1]
+        log(f"e2e {engine} {kind} stop={stop} thr={threads}: {e['median_total_ms']:.0f} ms/part, {e['parts_per_s']:.2f} parts/s, "
+            f"{e['mean_rois']:.1f} ROIs, {e['peak_rss_mib']:.0f} MiB")
     res["daemon"] = {engine: daemon_rss(a, scans, engine) for engine in ("onnxruntime", "tract")}
     for engine, d in res["daemon"].items():
         log(f"amfp run on {engine} (directory, {d['parts']} parts): peak RSS {d['peak_rss_mib']:.0f} MiB")

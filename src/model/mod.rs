@@ -283,7 +283,8 @@ impl Model {
         let engine = match &backend {
             Backend::Tract(_) => EngineInfo { name: Engine::Tract, version: tract::VERSION.into(), library: None },
             Backend::OnnxRuntime(e) => {
-                EngineInfo { name: Engine::Onnxruntime, version: e.version.clone(), library: Some(e.library.clone()) }
+                let (version, library) = (e.runtime.version.clone(), Some(e.runtime.library.clone()));
+                EngineInfo { name: Engine::Onnxruntime, version, library }
             }
         };
         Ok(Self { path: path.to_owned(), sha256, meta, signature, engine, fallback, shape, backend })

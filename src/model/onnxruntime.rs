@@ -35,9 +35,9 @@ const LIBRARY_NAME: &str = "libonnxruntime.so";
 
 /// The loaded library: which file, which version, and the environment every session shares.
 #[derive(Clone)]
-struct Runtime {
-    library: PathBuf,
-    version: String,
+pub(super) struct Runtime {
+    pub(super) library: PathBuf,
+    pub(super) version: String,
     env: ort::environment::Environment,
 }
 
@@ -134,10 +134,10 @@ fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
 /// Opens `path` and asks it for its version: an onnxruntime library of this architecture, with
 /// the C API `ort` needs, or the reason it is not.
 fn probe(path: &Path) -> Result<String, String> {
-    if path.is_absolute() && !path.exists() {
-        return Err(NOT_FOUND.into());
-    }
     if path.is_absolute() {
+        if !path.exists() {
+            return Err(NOT_FOUND.into());
+        }
         check_architecture(path)?;
     }
     // SAFETY: opening a shared library runs its initialisers; the file is either the one the
@@ -204,11 +204,9 @@ fn with_sources(e: &dyn std::error::Error) -> String {
 pub(super) struct OrtEngine {
     bytes: Vec<u8>,
     threads: usize,
-    env: ort::environment::Environment,
     idle: Mutex<Vec<Session>>,
-    /// Where the library was loaded from and its version (for results and `model inspect`).
-    pub(super) library: PathBuf,
-    pub(super) version: String,
+    /// The library it runs on (its path and version go into results and `model inspect`).
+    pub(super) runtime: Runtime,
 }
 
 impl OrtEngine {
@@ -221,14 +219,7 @@ impl OrtEngine {
         library: Option<&Path>,
     ) -> Result<Self, ModelError> {
         let runtime = runtime(library).map_err(ModelError::OnnxRuntimeLibrary)?;
-        let engine = Self {
-            bytes: bytes.to_vec(),
-            threads: threads.max(1),
-            env: runtime.env,
-            idle: Mutex::new(Vec::new()),
-            library: runtime.library,
-            version: runtime.version,
-        };
+        let engine = Self { bytes: bytes.to_vec(), threads: threads.max(1), idle: Mutex::new(Vec::new()), runtime };
         let session = engine.session().map_err(|detail| ModelError::Engine {
             path: path.to_owned(),
             engine: "onnxruntime",
@@ -243,7 +234,7 @@ impl OrtEngine {
     /// A new session of the model on this engine's threads, all graph optimisations on.
     fn session(&self) -> Result<Session, String> {
         let text = |e: ort::Error<_>| e.to_string();
-        let builder = Session::builder(&self.env).map_err(|e| e.to_string())?;
+        let builder = Session::builder(&self.runtime.env).map_err(|e| e.to_string())?;
         let builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(text)?;
         let builder = builder.with_intra_threads(self.threads).map_err(text)?;
         let mut builder = builder.with_inter_threads(1).map_err(text)?;
