@@ -56,6 +56,8 @@ pub struct Settings {
     pub output: crate::daemon::settings::OutputSettings,
     /// `[drift]`: drift monitoring of the known machines in `amfp run`.
     pub drift: crate::drift::DriftSettings,
+    /// `[trust]`: the keys whose signatures models and galleries must carry (docs/trust.md).
+    pub trust: crate::trust::TrustSettings,
 }
 
 /// Identity of the device in results and MQTT topics.
@@ -101,13 +103,15 @@ impl Default for ModelSettings {
     }
 }
 
-impl ModelSettings {
-    /// How to load the models: threads, engine and onnxruntime's library, as configured.
+impl Settings {
+    /// How to load the models: threads, engine and onnxruntime's library (`[model]`), and the
+    /// keys their signatures are checked against (`[trust]`), as configured.
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
-            threads: self.threads,
-            engine: self.engine,
-            onnxruntime_library: self.onnxruntime.clone(),
+            threads: self.model.threads,
+            engine: self.model.engine,
+            onnxruntime_library: self.model.onnxruntime.clone(),
+            trusted_keys: self.trust.keys.clone(),
             ..LoadOptions::default()
         }
     }
@@ -352,7 +356,7 @@ fn allowed(key: &str) -> Option<&'static str> {
 
 /// Every key with what it accepts: this module's table, the daemon's sections' and drift monitoring's.
 fn all_allowed() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
-    ALLOWED.iter().chain(crate::daemon::settings::ALLOWED).chain(crate::drift::ALLOWED)
+    ALLOWED.iter().chain(crate::daemon::settings::ALLOWED).chain(crate::drift::ALLOWED).chain(crate::trust::ALLOWED)
 }
 
 /// A value that deserialised but is not allowed, found by [`Settings::check`].
@@ -395,6 +399,9 @@ impl Settings {
             bad(key, format!("{shown} is not allowed; expected {}", allowed(key).unwrap_or_default()));
         }
         for (key, shown) in crate::drift::check(&self.drift) {
+            bad(key, format!("{shown} is not allowed; expected {}", allowed(key).unwrap_or_default()));
+        }
+        for (key, shown) in crate::trust::check(&self.trust) {
             bad(key, format!("{shown} is not allowed; expected {}", allowed(key).unwrap_or_default()));
         }
         if let Some((key, message)) = crate::daemon::settings::check_together(&self.source) {
@@ -1412,7 +1419,7 @@ mod tests {
         assert!(
             sinth
                 .message
-                .contains("unknown section; expected one of: log, synth, device, model, camera, identify, mqtt, source, daemon, output, drift; did you mean `synth`?"),
+                .contains("unknown section; expected one of: log, synth, device, model, camera, identify, mqtt, source, daemon, output, drift, trust; did you mean `synth`?"),
             "{sinth}"
         );
         let sed = &e.problems()[4];

@@ -27,4 +27,5 @@ pub mod reject;
 pub mod result;
 pub mod roi;
 pub mod synth;
+pub mod trust;
 pub mod vote;

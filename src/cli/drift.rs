@@ -118,7 +118,7 @@ fn report(settings: &Settings, args: &ReportArgs) -> Result<bool> {
 fn replay(settings: &Settings, args: &ReportArgs, s: DriftSettings) -> Result<Monitor> {
     let flags: Vec<PathBuf> = args.model.iter().cloned().collect();
     let model_path = model_paths(settings, &flags).remove(0);
-    let model = Model::load_with(&model_path, 1, &settings.model.load_options())
+    let model = Model::load_with(&model_path, 1, &settings.load_options())
         .with_context(|| format!("cannot load model {}", model_path.display()))?;
     let path = gallery_path(settings, &model_path, args.gallery.as_deref())?;
     let gallery = Gallery::load(&path, &model)?;

@@ -19,6 +19,7 @@ use crate::config::{GalleryChoice, Settings};
 use crate::gallery::{self, Document, Gallery, NewMachine, PartEmbedding, Refused};
 use crate::identify::{Identifier, IdentifyOptions, Inspection, load_models, model_paths, resolve_pixel_size};
 use crate::result::{SourceInfo, Verdict};
+use crate::trust::SecretKey;
 use crate::vote::StopRule;
 
 /// Arguments of `amfp enroll`.
@@ -70,6 +71,10 @@ pub struct EnrollArgs {
     /// the model cannot tell from another is refused, since it would take that machine's parts.
     #[arg(long, value_name = "RATE", default_value_t = gallery::MAX_CONFUSION)]
     pub max_confusion: f64,
+    /// Sign the new version with this private key (docs/trust.md); devices whose [trust] names
+    /// its public key refuse an unsigned gallery.
+    #[arg(long, value_name = "PATH")]
+    pub sign_key: Option<PathBuf>,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -98,6 +103,21 @@ pub fn gallery_path(settings: &Settings, model: &Path, flag: Option<&Path>) -> R
     }
 }
 
+/// What to tell someone who writes a gallery version with `signer` (or none): an unsigned version
+/// where `[trust]` requires signatures, or a key `[trust]` does not name, is refused on this
+/// device until it is signed by a trusted key.
+pub fn signing_warning(settings: &Settings, signer: Option<&SecretKey>) -> Option<String> {
+    match signer {
+        Some(key) => super::trust::untrusted_signer(settings, key),
+        None if !settings.trust.keys.is_empty() => Some(
+            "the new version is not signed and [trust] requires signatures: amfp refuses it until it is signed \
+             (amfp sign --key <private key> <gallery>, or --sign-key)"
+                .into(),
+        ),
+        None => None,
+    }
+}
+
 /// Who makes a change, by default: `user@host`.
 pub fn default_by() -> String {
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
@@ -121,7 +141,7 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
     // Every ROI of every part: a fingerprint is made once and used for every verdict after it.
     options.stop = StopRule::Off;
     options.with_embedding = true;
-    let load = settings.model.load_options();
+    let load = settings.load_options();
     let (models, galleries) = load_models(&[model_path], options.batch, &load, &GalleryChoice::Path(source.clone()))?;
     let gallery = galleries.into_iter().next().flatten().context("the model's gallery did not load")?;
     let parent = Document::read(&source)?;
@@ -174,7 +194,10 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
         &identifier.models()[0].sha256,
         identifier.models()[0].meta.embedding.as_ref(),
     )?;
-    let committed = gallery::commit(&out, &parent, &doc)?;
+    let signer = args.sign_key.as_deref().map(SecretKey::read).transpose()?;
+    let mut warnings = enrollment.warnings.clone();
+    warnings.extend(signing_warning(settings, signer.as_ref()));
+    let committed = gallery::commit(&out, &parent, &doc, signer.as_ref())?;
     let refused: Vec<Refused> = unusable.into_iter().chain(enrollment.refused.iter().cloned()).collect();
     if args.json {
         let v = json!({
@@ -185,7 +208,8 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
             "nearest": enrollment.nearest.as_ref().map(|(l, d)| json!({"label": l, "distance": d})),
             "confusion": enrollment.confusion.as_ref().map(|(l, c)| json!({"label": l, "rate": c})),
             "named_before": enrollment.named_before.iter().map(|(l, c)| json!({"label": l, "parts": c})).collect::<Vec<_>>(),
-            "warnings": enrollment.warnings,
+            "signed_by": committed.signed_by,
+            "warnings": warnings,
         });
         println!("{v}");
     } else {
@@ -198,6 +222,9 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
             committed.version,
             &committed.sha256[..12]
         );
+        if let Some(key) = &committed.signed_by {
+            println!("  signed with key {key}");
+        }
         if let Some((other, d)) = &enrollment.nearest {
             println!("  nearest other machine: {other} (fingerprints {d:.1} apart)");
         }
@@ -211,11 +238,11 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
         for r in &refused {
             println!("  refused {}: {}", r.source, r.reason);
         }
-        for w in &enrollment.warnings {
+        for w in &warnings {
             println!("  warning: {w}");
         }
     }
-    for w in &enrollment.warnings {
+    for w in &warnings {
         log::warn!("{w}");
     }
     Ok(())

@@ -58,7 +58,7 @@ pub fn run(settings: &Settings, args: EnvelopeArgs) -> ExitCode {
         return ExitCode::from(crate::config::EXIT_INVALID);
     }
     let path = crate::identify::model_paths(settings, args.model.as_slice()).remove(0);
-    let model = match Model::load_with(&path, 1, &settings.model.load_options()) {
+    let model = match Model::load_with(&path, 1, &settings.load_options()) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: {e}");

@@ -15,6 +15,7 @@ use super::enroll::{default_by, gallery_path};
 use crate::config::Settings;
 use crate::gallery::{self, Document};
 use crate::identify::model_paths;
+use crate::trust::SecretKey;
 
 /// Which gallery: `--gallery`, else model.gallery, else the one beside `--model` or the
 /// configured (or bundled) model.
@@ -29,6 +30,9 @@ pub struct Which {
     /// JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Sign the new version a change writes with this private key (docs/trust.md).
+    #[arg(long, value_name = "PATH", global = true)]
+    pub sign_key: Option<PathBuf>,
 }
 
 /// `amfp gallery` subcommands.
@@ -92,6 +96,15 @@ fn command(settings: &Settings, args: GalleryArgs) -> Result<ExitCode> {
     let path = gallery_path(settings, &model, args.which.gallery.as_deref())?;
     let json = args.which.json;
     let doc = Document::read(&path)?;
+    let signer = args.which.sign_key.as_deref().map(SecretKey::read).transpose()?;
+    let change = |next: &Document, what: &str| -> Result<()> {
+        let c = gallery::commit(&path, &doc, next, signer.as_ref())?;
+        report_change(json, what, &c);
+        if let Some(w) = super::enroll::signing_warning(settings, signer.as_ref()) {
+            eprintln!("warning: {w}");
+        }
+        Ok(())
+    };
     match args.command {
         GalleryCommand::List => list(&doc, json),
         GalleryCommand::Show { label } => show(&doc, &label, json)?,
@@ -105,8 +118,7 @@ fn command(settings: &Settings, args: GalleryArgs) -> Result<ExitCode> {
                 bail!("removing {label:?} would leave fewer than two machines in gallery {}", path.display());
             }
             next.next_version("remove", &by.unwrap_or_else(default_by), &why, std::slice::from_ref(&label));
-            let c = gallery::commit(&path, &doc, &next)?;
-            report_change(json, &format!("removed {label}"), &c);
+            change(&next, &format!("removed {label}"))?;
         }
         GalleryCommand::Rollback { version, why, by } => {
             if version >= doc.version() {
@@ -124,8 +136,7 @@ fn command(settings: &Settings, args: GalleryArgs) -> Result<ExitCode> {
                 &format!("to version {version}: {why}"),
                 &old.labels(),
             );
-            let c = gallery::commit(&path, &doc, &next)?;
-            report_change(json, &format!("rolled back to the content of version {version}"), &c);
+            change(&next, &format!("rolled back to the content of version {version}"))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -133,9 +144,18 @@ fn command(settings: &Settings, args: GalleryArgs) -> Result<ExitCode> {
 
 fn report_change(json: bool, what: &str, c: &gallery::Committed) {
     if json {
-        println!("{}", json!({"gallery": c.path, "version": c.version, "sha256": c.sha256, "change": what}));
+        println!(
+            "{}",
+            json!({"gallery": c.path, "version": c.version, "sha256": c.sha256, "change": what, "signed_by": c.signed_by})
+        );
     } else {
-        println!("{what}: gallery {} is now version {} (sha256 {})", c.path.display(), c.version, &c.sha256[..12]);
+        let signed = c.signed_by.as_ref().map(|k| format!(", signed with key {k}")).unwrap_or_default();
+        println!(
+            "{what}: gallery {} is now version {} (sha256 {}){signed}",
+            c.path.display(),
+            c.version,
+            &c.sha256[..12]
+        );
     }
 }
 

@@ -150,7 +150,7 @@ pub fn run(settings: &Settings, args: IdentifyArgs) -> ExitCode {
     }
     options.with_embedding = args.with_embedding;
     let paths = model_paths(settings, &args.models);
-    let mut load = settings.model.load_options();
+    let mut load = settings.load_options();
     if let Some(engine) = args.engine {
         load.engine = engine;
     }

@@ -14,6 +14,7 @@ pub mod identify;
 pub mod model;
 pub mod run;
 pub mod synth;
+pub mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,6 +75,15 @@ pub enum Command {
     /// Exit status: 0 inside the envelope, 3 at its edge, 4 outside, 1 the model or the PNG
     /// could not be read or written, 2 invalid configuration or arguments.
     Envelope(envelope::EnvelopeArgs),
+    /// Make the ed25519 keys that sign models and galleries (docs/trust.md).
+    #[command(subcommand)]
+    Key(trust::KeyCommand),
+    /// Sign models and galleries (FILE.sig beside each), for devices whose [trust] names the key.
+    Sign(trust::SignArgs),
+    /// Check that files are signed by a trusted key (--key, or [trust] keys).
+    ///
+    /// Exit status: 0 every file is, 1 one is not or cannot be read.
+    Verify(trust::VerifyArgs),
 }
 
 /// Runs a parsed command line and turns its outcome into the process exit code.
@@ -90,6 +100,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Cameras(args) => with_settings(cli.config.as_deref(), |s| cameras::run(s, args)),
         Command::Calibrate(args) => with_settings(cli.config.as_deref(), |s| calibrate::run(s, args)),
         Command::Envelope(args) => with_settings(cli.config.as_deref(), |s| envelope::run(s, args)),
+        Command::Key(cmd) => trust::run_key(cmd),
+        Command::Sign(args) => trust::run_sign(args),
+        Command::Verify(args) => with_settings(cli.config.as_deref(), |s| trust::run_verify(s, args)),
     }
 }
 

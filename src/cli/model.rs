@@ -70,6 +70,8 @@ struct Inspection<'a> {
     /// The engine it runs on here, and why not onnxruntime when `auto` fell back to tract.
     engine: &'a EngineInfo,
     engine_fallback: Option<&'a str>,
+    /// The trusted key that signed the model; null when `[trust]` names no keys.
+    signed_by: Option<&'a str>,
     camera: CameraNeeds,
     /// The gallery the model judges with; null: the vote alone.
     gallery: Option<GalleryInfo<'a>>,
@@ -85,6 +87,8 @@ struct GalleryInfo<'a> {
     outlier_threshold: f64,
     claim_threshold: f64,
     calibration: &'a serde_json::Value,
+    /// The trusted key that signed the gallery; null when `[trust]` names no keys.
+    signed_by: Option<&'a str>,
 }
 
 /// Runs `amfp model ...`.
@@ -92,7 +96,7 @@ pub fn run(settings: &crate::config::Settings, cmd: ModelCommand) -> ExitCode {
     match cmd {
         ModelCommand::Inspect { path, json, gallery } => {
             let path = path.or_else(|| settings.model.path.clone()).unwrap_or_else(bundled_model_path);
-            let model = match Model::load_with(&path, settings.identify.batch, &settings.model.load_options()) {
+            let model = match Model::load_with(&path, settings.identify.batch, &settings.load_options()) {
                 Ok(m) => m,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -116,6 +120,7 @@ pub fn run(settings: &crate::config::Settings, cmd: ModelCommand) -> ExitCode {
                     signature: &model.signature,
                     engine: &model.engine,
                     engine_fallback: model.fallback.as_deref(),
+                    signed_by: model.signed_by.as_ref().map(|s| s.key_id.as_str()),
                     camera,
                     gallery: gallery.as_ref().map(|g| GalleryInfo {
                         path: g.path.display().to_string(),
@@ -126,6 +131,7 @@ pub fn run(settings: &crate::config::Settings, cmd: ModelCommand) -> ExitCode {
                         outlier_threshold: g.outlier_threshold,
                         claim_threshold: g.claim_threshold,
                         calibration: &g.calibration,
+                        signed_by: g.signed_by.as_ref().map(|s| s.key_id.as_str()),
                     }),
                 };
                 println!("{}", serde_json::to_string_pretty(&doc).expect("plain data serialises"));
@@ -224,5 +230,10 @@ fn open_set_text(model: &Model, gallery: Option<&Gallery>) -> String {
         None => "gallery    none: verdicts by the vote alone, which names a known machine even for surfaces it has never seen\n"
             .into(),
     };
-    format!("{embedding}{open_set}")
+    let trust = match (&model.signed_by, gallery.and_then(|g| g.signed_by.as_ref())) {
+        (Some(m), Some(g)) => format!("trust      model signed by {m}\n\x20          gallery signed by {g}\n"),
+        (Some(m), None) => format!("trust      model signed by {m}\n"),
+        _ => "trust      signatures not checked: [trust] names no keys (docs/trust.md)\n".into(),
+    };
+    format!("{embedding}{open_set}{trust}")
 }

@@ -114,7 +114,7 @@ pub async fn run(
     let identify = IdentifyOptions::from_settings(&settings);
     let device = identify.device.clone();
     let paths = model_paths(&settings, &options.models);
-    let (batch, load) = (identify.batch, settings.model.load_options());
+    let (batch, load) = (identify.batch, settings.load_options());
     let gallery = settings.model.gallery.clone();
     let (models, galleries) = tokio::task::spawn_blocking(move || load_models(&paths, batch, &load, &gallery))
         .await
@@ -392,7 +392,8 @@ async fn reload_gallery(identifier: Arc<Identifier>, path: PathBuf, mqtt: Option
                     &mqtt,
                     "gallery_reloaded",
                     json!({"path": g.path, "version": g.version, "sha256": g.sha256, "machines": g.machines.len(),
-                           "previous_sha256": before, "trigger": why}),
+                           "previous_sha256": before, "trigger": why,
+                           "signed_by": g.signed_by.as_ref().map(|s| s.key_id.clone())}),
                 );
             }
             Err(e) => {

@@ -49,6 +49,9 @@ pub enum GalleryError {
          or fit one with `python -m amfp_train.gallery`"
     )]
     WrongModel { path: PathBuf, gallery_model: String, gallery_sha: String, model: String, model_sha: String },
+    /// `[trust]` names keys and the gallery is not signed by one of them.
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
     #[error(
         "model {model} has no embedding output, so gallery {path} cannot be used; export the model with one \
          (`python -m amfp_train.embedding`, docs/gallery.md) or run without a gallery (the vote alone)"
@@ -112,6 +115,8 @@ pub struct Gallery {
     pub claim_threshold: f64,
     /// The calibration record, as in the file (reported by `amfp model inspect`).
     pub calibration: serde_json::Value,
+    /// The trusted key that signed the file, when `[trust]` requires signatures.
+    pub signed_by: Option<crate::trust::Signer>,
     dim: usize,
     /// `W`, row-major D x D.
     whitening: Vec<f64>,
@@ -205,9 +210,13 @@ impl Gallery {
         Self::from_bytes(path, &bytes, model)
     }
 
-    /// As [`Gallery::load`], from the file's bytes (`path` is only reported).
+    /// As [`Gallery::load`], from the file's bytes (`path` is only reported). When the model was
+    /// loaded under `[trust]` keys, the gallery must be signed by one of them too.
     pub fn from_bytes(path: &Path, bytes: &[u8], model: &Model) -> Result<Self, GalleryError> {
-        Self::for_model(path, bytes, &model.meta.name, &model.sha256, model.meta.embedding.as_ref())
+        let signed_by = model.trust().check("gallery", path, bytes)?;
+        let mut gallery = Self::for_model(path, bytes, &model.meta.name, &model.sha256, model.meta.embedding.as_ref())?;
+        gallery.signed_by = signed_by;
+        Ok(gallery)
     }
 
     /// As [`Gallery::from_bytes`], for the model named `model` with file hash `model_sha256`
@@ -321,6 +330,7 @@ impl Gallery {
             path: path.to_owned(),
             sha256: hex(&Sha256::digest(bytes)),
             version: file.version,
+            signed_by: None,
             machines: file
                 .machines
                 .into_iter()

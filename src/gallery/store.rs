@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::GalleryError;
 use crate::model::hex;
+use crate::trust::{self, SecretKey};
 
 /// A gallery file as an editable JSON document: what `amfp enroll` and `amfp gallery` change.
 /// Fields this amfp does not know are kept as they are.
@@ -230,13 +231,22 @@ pub struct Committed {
     pub path: PathBuf,
     pub version: u32,
     pub sha256: String,
+    /// The id of the key that signed it, when one did.
+    pub signed_by: Option<String>,
 }
 
 /// Writes `doc` (made with [`Document::next_version`] from `parent`) as the current gallery at
-/// `out`, keeping `parent` and the new version in `out`'s versions folder. Refuses when `out`
-/// already holds a gallery other than `parent` (another chain, or a change made meanwhile).
-/// Atomic: a crash at any point leaves a loadable current version, the old or the new.
-pub fn commit(out: &Path, parent: &Document, doc: &Document) -> Result<Committed, GalleryError> {
+/// `out`, keeping `parent` and the new version in `out`'s versions folder, signed with `signer`
+/// when one is given (docs/trust.md). Refuses when `out` already holds a gallery other than
+/// `parent` (another chain, or a change made meanwhile).
+/// Atomic: a crash at any point leaves a loadable current version, the old or the new, and its
+/// signature file holds a valid entry for whichever it is.
+pub fn commit(
+    out: &Path,
+    parent: &Document,
+    doc: &Document,
+    signer: Option<&SecretKey>,
+) -> Result<Committed, GalleryError> {
     let dir = versions_dir(out);
     std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
     let _lock = lock(&dir)?;
@@ -258,15 +268,30 @@ pub fn commit(out: &Path, parent: &Document, doc: &Document) -> Result<Committed
         }
     }
     // The parent must be in the chain: a gallery fitted elsewhere (or shipped read-only) gets
-    // its first version file here.
+    // its first version file here, with its signatures.
     let parent_file = version_file(&dir, parent.version());
     if !parent_file.exists() {
         write_atomic(&parent_file, &std::fs::read(&parent.path).map_err(|e| io_error(&parent.path, e))?)?;
+        let signatures = trust::read_signatures(&parent.path)?;
+        trust::write_signatures(&parent_file, &signatures)?;
     }
     let bytes = doc.to_bytes();
-    write_atomic(&version_file(&dir, doc.version()), &bytes)?;
+    let sha256 = hex(&Sha256::digest(&bytes));
+    let signature = signer.map(|k| k.sign(&bytes));
+    let version_path = version_file(&dir, doc.version());
+    write_atomic(&version_path, &bytes)?;
+    trust::write_signatures(&version_path, signature.as_slice())?;
+    // The current file's signatures: the parent's entries and the new one side by side while the
+    // file is replaced, then the new one alone.
+    let mut signatures = trust::read_signatures(out)?;
+    if let Some(entry) = &signature {
+        signatures.push(entry.clone());
+        trust::write_signatures(out, &signatures)?;
+    }
     write_atomic(out, &bytes)?;
-    Ok(Committed { path: out.to_owned(), version: doc.version(), sha256: hex(&Sha256::digest(&bytes)) })
+    signatures.retain(|e| e.sha256 == sha256);
+    trust::write_signatures(out, &signatures)?;
+    Ok(Committed { path: out.to_owned(), version: doc.version(), sha256, signed_by: signer.map(|k| k.public().id()) })
 }
 
 /// An exclusive lock on the versions folder, so two changes cannot interleave.
@@ -454,7 +479,7 @@ mod tests {
             drift: Some(super::super::DriftReference { parts: 10, mean_log: 1.0, sd_log: 0.3 }),
         });
         doc.next_version("enroll", "tester", "new supplier", &[label.into()]);
-        commit(path, &parent, &doc).unwrap()
+        commit(path, &parent, &doc, None).unwrap()
     }
 
     #[test]
@@ -500,7 +525,7 @@ mod tests {
         let mut doc = stale.clone();
         doc.remove_machine("A");
         doc.next_version("remove", "t", "w", &["A".into()]);
-        let e = commit(&path, &stale, &doc).unwrap_err().to_string();
+        let e = commit(&path, &stale, &doc, None).unwrap_err().to_string();
         assert!(e.contains("changed meanwhile"), "{e}");
         assert_eq!(Document::read(&path).unwrap().labels(), ["A", "B"]);
     }

@@ -23,6 +23,8 @@ use tract_onnx::pb;
 use tract_onnx::pb::tensor_shape_proto::dimension::Value as DimValue;
 use tract_onnx::prelude::Framework;
 
+use crate::trust::{Signer, Trust, TrustError};
+
 pub use metadata::{EmbeddingSpec, MetadataError, ModelMetadata};
 pub use onnxruntime::LibraryError;
 pub use tract::multithread_executor;
@@ -44,6 +46,10 @@ pub struct Model {
     pub engine: EngineInfo,
     /// Why `auto` runs on tract: onnxruntime's library could not be loaded (with the fix).
     pub fallback: Option<String>,
+    /// The trusted key that signed the file, when `[trust]` requires signatures.
+    pub signed_by: Option<Signer>,
+    /// The keys this model was checked against; its galleries are checked against the same.
+    trust: Trust,
     shape: Shape,
     backend: Backend,
 }
@@ -174,6 +180,9 @@ pub enum ModelError {
          build with `--features tract-executor`, or keep the per-ROI plan (the default), which shares ROIs between threads"
     )]
     NoExecutor { threads: usize },
+    /// `[trust]` names keys and the model is not signed by one of them, or a key is unreadable.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
 }
 
 /// Inference failed on a loaded model (an engine's runtime error: rare, and a bug when it happens).
@@ -203,15 +212,30 @@ pub struct LoadOptions {
     /// onnxruntime's library: this file only (`model.onnxruntime`); `None` looks in amfp's
     /// places (docs/engines.md).
     pub onnxruntime_library: Option<PathBuf>,
+    /// Public keys (`[trust] keys`): when any is given, the model, and every gallery loaded for
+    /// it, must be signed by one of them (docs/trust.md).
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { threads: 1, per_roi: true, engine: EngineChoice::Auto, onnxruntime_library: None }
+        Self {
+            threads: 1,
+            per_roi: true,
+            engine: EngineChoice::Auto,
+            onnxruntime_library: None,
+            trusted_keys: Vec::new(),
+        }
     }
 }
 
 impl Model {
+    /// The keys the model was checked against (`[trust]`): its galleries must be signed by one
+    /// of them too.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
     /// Loads, checks and prepares a model for batches of `batch` ROIs on the default engine.
     pub fn load(path: &Path, batch: usize) -> Result<Self, ModelError> {
         Self::load_with(path, batch, &LoadOptions::default())
@@ -231,6 +255,8 @@ impl Model {
     /// As [`Model::load_with`], from the file's bytes (`path` is only reported).
     pub fn from_bytes_with(path: &Path, bytes: &[u8], batch: usize, options: &LoadOptions) -> Result<Self, ModelError> {
         assert!(batch >= 1, "ROI batch must be at least 1");
+        let trust = Trust::load(&options.trusted_keys)?;
+        let signed_by = trust.check("model", path, bytes)?;
         let sha256 = hex(&Sha256::digest(bytes));
         let proto = tract_onnx::onnx()
             .proto_model_for_read(&mut &bytes[..])
@@ -287,7 +313,7 @@ impl Model {
                 EngineInfo { name: Engine::Onnxruntime, version, library }
             }
         };
-        Ok(Self { path: path.to_owned(), sha256, meta, signature, engine, fallback, shape, backend })
+        Ok(Self { path: path.to_owned(), sha256, meta, signature, engine, fallback, signed_by, trust, shape, backend })
     }
 
     /// ROIs per inference call: inputs must hold exactly this many.
