@@ -285,6 +285,22 @@ pub fn sign_file(file: &Path, key: &SecretKey) -> Result<SignatureEntry, TrustEr
     Ok(entry)
 }
 
+/// The ids of the keys whose signatures in `file`'s `.sig` are valid for `bytes`, trusted or
+/// not (for `amfp gallery history`, which shows who signed each version).
+pub fn valid_signers(file: &Path, bytes: &[u8]) -> Vec<String> {
+    let sha256 = hex(&Sha256::digest(bytes));
+    read_signatures(file)
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e.sha256 == sha256)
+        .filter_map(|e| {
+            let key = e.key()?;
+            let signature = base64::engine::general_purpose::STANDARD.decode(&e.ed25519).ok()?;
+            key.verify(bytes, &signature).then(|| key.id())
+        })
+        .collect()
+}
+
 /// Who signed a file that was accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signer {
@@ -456,6 +472,8 @@ mod tests {
         // A second signer's entry for the same content is kept beside it, and the trusted one accepts.
         sign_file(&file, &secret).unwrap();
         assert_eq!(read_signatures(&file).unwrap().len(), 2);
+        assert_eq!(valid_signers(&file, &bytes).len(), 2);
+        assert!(valid_signers(&file, b"other content").is_empty());
         assert!(trust.check("gallery", &file, &bytes).unwrap().is_some());
     }
 

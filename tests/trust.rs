@@ -196,10 +196,17 @@ fn a_signed_enrollment_killed_at_any_step_leaves_a_signed_loadable_gallery() {
         assert!(text.contains(&format!("\"version\":{now}")), "{text}");
         eprintln!("killed at {step}: interrupted {interrupted}, current version {now}");
     }
-    // A change after the interrupted ones goes through, signed, and the chain still holds.
+    // A change after the interrupted ones goes through, signed, and the chain still holds;
+    // history names the signer of every version.
     let out = enroll(&["--reenroll", "--why", "after the kills"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(history(&b.gallery).1);
+    let out = amfp().args(["gallery", "--json", "--gallery"]).arg(&b.gallery).arg("history").output().unwrap();
+    let h: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vendor = e["signed_by"].as_str().unwrap();
+    for v in h["versions"].as_array().unwrap() {
+        assert_eq!(v["signed_by"], serde_json::json!([vendor]), "{h}");
+    }
 }
 
 /// The daemon reloads a gallery through `Identifier::replace_gallery`: under `[trust]` an

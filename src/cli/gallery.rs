@@ -240,11 +240,21 @@ fn show(doc: &Document, label: &str, json: bool) -> Result<()> {
 
 fn history(path: &std::path::Path, json: bool) -> Result<ExitCode> {
     let audit = gallery::audit(path)?;
+    // Who signed each version: valid signatures by any key (docs/trust.md).
+    let signers: Vec<Vec<String>> = audit
+        .versions
+        .iter()
+        .map(|v| std::fs::read(&v.path).map(|b| crate::trust::valid_signers(&v.path, &b)).unwrap_or_default())
+        .collect();
     if json {
         let versions: Vec<_> = audit
             .versions
             .iter()
-            .map(|v| json!({"version": v.version, "sha256": v.sha256, "created": v.created, "change": v.change, "machines": v.labels.len()}))
+            .zip(&signers)
+            .map(|(v, s)| {
+                json!({"version": v.version, "sha256": v.sha256, "created": v.created, "change": v.change,
+                                 "machines": v.labels.len(), "signed_by": s})
+            })
             .collect();
         println!(
             "{}",
@@ -253,13 +263,15 @@ fn history(path: &std::path::Path, json: bool) -> Result<ExitCode> {
         );
     } else {
         println!("gallery {} (current version {})", path.display(), audit.current);
-        for v in &audit.versions {
+        for (v, s) in audit.versions.iter().zip(&signers) {
             let change = v
                 .change
                 .as_ref()
                 .map(|c| format!("{} {} by {}: {} [{}]", c.action, c.time, c.by, c.why, c.labels.join(", ")))
                 .unwrap_or_default();
-            println!("  v{:<3} {}  {:>3} machines  {change}", v.version, &v.sha256[..12], v.labels.len());
+            let signed =
+                if s.is_empty() { "no valid signature".to_string() } else { format!("signed by key {}", s.join(", ")) };
+            println!("  v{:<3} {}  {:>3} machines  {signed}  {change}", v.version, &v.sha256[..12], v.labels.len());
         }
         for n in &audit.notes {
             println!("  note: {n}");
