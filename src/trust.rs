@@ -226,6 +226,11 @@ impl SignatureEntry {
         let raw = base64::engine::general_purpose::STANDARD.decode(&self.public_key).ok()?;
         Some(PublicKey::from_raw(raw.try_into().ok()?))
     }
+
+    /// Whether the entry's signature is `key`'s valid signature of `bytes`.
+    fn verifies(&self, key: &PublicKey, bytes: &[u8]) -> bool {
+        base64::engine::general_purpose::STANDARD.decode(&self.ed25519).is_ok_and(|sig| key.verify(bytes, &sig))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -293,11 +298,7 @@ pub fn valid_signers(file: &Path, bytes: &[u8]) -> Vec<String> {
         .unwrap_or_default()
         .iter()
         .filter(|e| e.sha256 == sha256)
-        .filter_map(|e| {
-            let key = e.key()?;
-            let signature = base64::engine::general_purpose::STANDARD.decode(&e.ed25519).ok()?;
-            key.verify(bytes, &signature).then(|| key.id())
-        })
+        .filter_map(|e| e.key().filter(|key| e.verifies(key, bytes)).map(|key| key.id()))
         .collect()
 }
 
@@ -381,8 +382,7 @@ impl Trust {
                 ));
                 continue;
             }
-            let signature = base64::engine::general_purpose::STANDARD.decode(&entry.ed25519).unwrap_or_default();
-            if trusted.verify(bytes, &signature) {
+            if entry.verifies(trusted, bytes) {
                 return Ok(Some(Signer { key_id: trusted.id(), key_path: trusted.path.clone() }));
             }
             reasons.push(format!(

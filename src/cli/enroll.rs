@@ -103,21 +103,6 @@ pub fn gallery_path(settings: &Settings, model: &Path, flag: Option<&Path>) -> R
     }
 }
 
-/// What to tell someone who writes a gallery version with `signer` (or none): an unsigned version
-/// where `[trust]` requires signatures, or a key `[trust]` does not name, is refused on this
-/// device until it is signed by a trusted key.
-pub fn signing_warning(settings: &Settings, signer: Option<&SecretKey>) -> Option<String> {
-    match signer {
-        Some(key) => super::trust::untrusted_signer(settings, key),
-        None if !settings.trust.keys.is_empty() => Some(
-            "the new version is not signed and [trust] requires signatures: amfp refuses it until it is signed \
-             (amfp sign --key <private key> <gallery>, or --sign-key)"
-                .into(),
-        ),
-        None => None,
-    }
-}
-
 /// Who makes a change, by default: `user@host`.
 pub fn default_by() -> String {
     let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
@@ -196,7 +181,7 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
     )?;
     let signer = args.sign_key.as_deref().map(SecretKey::read).transpose()?;
     let mut warnings = enrollment.warnings.clone();
-    warnings.extend(signing_warning(settings, signer.as_ref()));
+    warnings.extend(super::trust::signing_warning(settings, signer.as_ref()));
     let committed = gallery::commit(&out, &parent, &doc, signer.as_ref())?;
     let refused: Vec<Refused> = unusable.into_iter().chain(enrollment.refused.iter().cloned()).collect();
     if args.json {

@@ -128,9 +128,20 @@ fn verify(settings: &Settings, args: &VerifyArgs) -> Result<bool> {
     Ok(all)
 }
 
-/// The public key of `key`, when `[trust]` requires signatures and does not name it: what was
-/// signed with it would be refused on this device.
-pub fn untrusted_signer(settings: &Settings, key: &SecretKey) -> Option<String> {
+/// What to tell someone who writes a gallery version signed with `signer` (or not signed): on a
+/// device whose `[trust]` requires signatures, an unsigned version, or one signed by a key
+/// `[trust]` does not name, is refused until a trusted key signs it.
+pub fn signing_warning(settings: &Settings, signer: Option<&SecretKey>) -> Option<String> {
+    if settings.trust.keys.is_empty() {
+        return None;
+    }
+    let Some(key) = signer else {
+        return Some(
+            "the new version is not signed and [trust] requires signatures: amfp refuses it until it is signed \
+             (amfp sign --key <private key> <gallery>, or --sign-key)"
+                .into(),
+        );
+    };
     let trusted: Vec<PublicKey> = settings.trust.keys.iter().filter_map(|p| PublicKey::read(p).ok()).collect();
     let public = key.public();
     (!trusted.is_empty() && !trusted.iter().any(|k| k.id() == public.id())).then(|| {
