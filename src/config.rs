@@ -54,6 +54,8 @@ pub struct Settings {
     pub daemon: crate::daemon::settings::DaemonSettings,
     /// `[output]`: the daemon's local sinks (stdout, results log, evidence images).
     pub output: crate::daemon::settings::OutputSettings,
+    /// `[enroll]`: enrollment at the station over MQTT.
+    pub enroll: crate::daemon::settings::EnrollSettings,
     /// `[drift]`: drift monitoring of the known machines in `amfp run`.
     pub drift: crate::drift::DriftSettings,
     /// `[trust]`: the keys whose signatures models and galleries must carry (docs/trust.md).
@@ -395,7 +397,7 @@ impl Settings {
         }
         self.check_identify(&mut bad);
         self.check_mqtt(&mut bad);
-        for (key, shown) in crate::daemon::settings::check(&self.source, &self.daemon, &self.output) {
+        for (key, shown) in crate::daemon::settings::check(&self.source, &self.daemon, &self.output, &self.enroll) {
             bad(key, format!("{shown} is not allowed; expected {}", allowed(key).unwrap_or_default()));
         }
         for (key, shown) in crate::drift::check(&self.drift) {
@@ -1419,7 +1421,7 @@ mod tests {
         assert!(
             sinth
                 .message
-                .contains("unknown section; expected one of: log, synth, device, model, camera, identify, mqtt, source, daemon, output, drift, trust; did you mean `synth`?"),
+                .contains("unknown section; expected one of: log, synth, device, model, camera, identify, mqtt, source, daemon, output, enroll, drift, trust; did you mean `synth`?"),
             "{sinth}"
         );
         let sed = &e.problems()[4];
@@ -1544,6 +1546,7 @@ mod tests {
                     "dir",
                     "expect",
                     "onnxruntime",
+                    "sign_key",
                 ]
                 .iter()
                 .any(|k| l.starts_with(&format!("{k} = ")))

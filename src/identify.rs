@@ -220,6 +220,13 @@ pub struct Identifier {
     options: IdentifyOptions,
 }
 
+/// How much of a part is judged: early stopping, and whether its mean embedding is reported.
+#[derive(Debug, Clone, Copy)]
+struct Effort {
+    stop: StopRule,
+    with_embedding: bool,
+}
+
 /// Why a frame cannot be judged by a model, and what is known of its envelope.
 struct Refusal {
     rejection: Rejection,
@@ -343,13 +350,35 @@ impl Identifier {
         views: &[Inspection],
         record: bool,
     ) -> Result<(Attribution, Option<RoiRecord>), InferenceError> {
+        let effort = Effort { stop: self.options.stop, with_embedding: self.options.with_embedding };
+        self.identify_with(views, record, effort)
+    }
+
+    /// Judges one part to enroll its machine: every ROI (no early stopping, whatever the options
+    /// say: a fingerprint is made once and used for every verdict after it) and the part's mean
+    /// embedding in the judgement.
+    pub fn identify_for_enrollment(
+        &self,
+        inspection: &Inspection,
+        record: bool,
+    ) -> Result<(Attribution, Option<RoiRecord>), InferenceError> {
+        let effort = Effort { stop: StopRule::Off, with_embedding: true };
+        self.identify_with(std::slice::from_ref(inspection), record, effort)
+    }
+
+    fn identify_with(
+        &self,
+        views: &[Inspection],
+        record: bool,
+        effort: Effort,
+    ) -> Result<(Attribution, Option<RoiRecord>), InferenceError> {
         assert!(!views.is_empty(), "a part needs at least one frame");
         let start = Instant::now();
         let exposures: Vec<Result<(), Rejection>> = views.iter().map(|v| optics::check_exposure(v.frame)).collect();
         let galleries = self.galleries();
         let mut judgements = Vec::with_capacity(self.models.len());
         for (i, model) in self.models.iter().enumerate() {
-            judgements.push(self.judge(model, galleries[i].as_deref(), views, &exposures, record && i == 0)?);
+            judgements.push(self.judge(model, galleries[i].as_deref(), views, &exposures, record && i == 0, effort)?);
         }
         let mut judgements = judgements.into_iter();
         let primary = judgements.next().expect("at least one model");
@@ -386,6 +415,7 @@ impl Identifier {
             attributes,
             views: if views.len() > 1 { primary.views } else { Vec::new() },
             drift: None,
+            enrollment: None,
         };
         Ok((attribution, primary.record))
     }
@@ -436,6 +466,7 @@ impl Identifier {
         views: &[Inspection],
         exposures: &[Result<(), Rejection>],
         record: bool,
+        effort: Effort,
     ) -> Result<ModelRun, InferenceError> {
         let t0 = Instant::now();
         let meta = &model.meta;
@@ -482,7 +513,7 @@ impl Identifier {
         let vote_threshold = if gallery.is_some() { 0.0 } else { meta.unknown_threshold as f64 };
         let rule = VoteRule {
             max_rois,
-            stop: self.options.stop,
+            stop: effort.stop,
             min_rois: self.options.min_rois,
             z: self.options.z,
             unknown_threshold: vote_threshold,
@@ -490,7 +521,7 @@ impl Identifier {
         let mut ballot = Ballot::new(classes);
         let mut print = gallery.map(Gallery::part);
         let dim = model.embedding_dim().unwrap_or(0);
-        let mut embedding_sum = (self.options.with_embedding && dim > 0).then(|| vec![0.0f64; dim]);
+        let mut embedding_sum = (effort.with_embedding && dim > 0).then(|| vec![0.0f64; dim]);
         let mut input = vec![0.0f32; batch * roi_len];
         let mut rec = record.then(|| RoiRecord {
             corners: Vec::new(),

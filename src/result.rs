@@ -254,6 +254,29 @@ pub struct Attribution {
     /// docs/drift.md); absent for parts that are not followed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub drift: Option<DriftNote>,
+    /// The part was judged to enroll a machine at the station (`cmd/enroll`, docs/gallery.md,
+    /// "Enrollment at the station"): evidence for a fingerprint, not an inspection, so it raises
+    /// no `odd_part` event and is not followed for drift.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub enrollment: Option<EnrollmentNote>,
+}
+
+/// What became of a part judged for an enrollment at the station.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollmentNote {
+    /// The machine being enrolled.
+    pub label: String,
+    /// Whether the part's embedding was taken (a frame that cannot be judged is not).
+    pub taken: bool,
+    /// Parts taken so far, this one included, and how many the enrollment wants.
+    pub parts: u32,
+    pub of: u32,
+    /// Why it was not taken.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// The `ref` of the `cmd/enroll` command.
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none", default)]
+    pub reference: Option<String>,
 }
 
 /// One part's contribution to its machine's drift monitoring (docs/drift.md).

@@ -66,6 +66,32 @@ pub fn check(s: &TrustSettings) -> Vec<(&'static str, String)> {
     s.keys.iter().filter(|p| p.as_os_str().is_empty()).map(|_| ("trust.keys", "an empty path".to_string())).collect()
 }
 
+/// What to tell someone who writes a gallery version signed with `signer` (or not signed): on a
+/// device whose `[trust]` requires signatures, an unsigned version, or one signed by a key
+/// `[trust]` does not name, is refused until a trusted key signs it.
+pub fn signing_warning(trust: &TrustSettings, signer: Option<&SecretKey>) -> Option<String> {
+    if trust.keys.is_empty() {
+        return None;
+    }
+    let Some(key) = signer else {
+        return Some(
+            "the new version is not signed and [trust] requires signatures: amfp refuses it until it is signed \
+             (amfp sign --key <private key> <gallery>, or --sign-key)"
+                .into(),
+        );
+    };
+    let trusted: Vec<PublicKey> = trust.keys.iter().filter_map(|p| PublicKey::read(p).ok()).collect();
+    let public = key.public();
+    (!trusted.is_empty() && !trusted.iter().any(|k| k.id() == public.id())).then(|| {
+        format!(
+            "key {} ({}) is not among this device's [trust] keys: what it signs is refused here until its public key \
+             is listed",
+            public.id(),
+            key.path.display()
+        )
+    })
+}
+
 /// An ed25519 public key that signatures are checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicKey {

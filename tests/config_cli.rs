@@ -126,7 +126,7 @@ fn unknown_section_names_the_sections() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains(format!(
-            "{}: sinth: unknown section; expected one of: log, synth, device, model, camera, identify, mqtt, source, daemon, output, drift, trust; did you mean `synth`?",
+            "{}: sinth: unknown section; expected one of: log, synth, device, model, camera, identify, mqtt, source, daemon, output, enroll, drift, trust; did you mean `synth`?",
             shown(&f)
         )));
 }

@@ -610,3 +610,125 @@ async fn a_drifted_machine_raises_a_drift_event_and_the_report_shows_it() {
     assert!(text.lines().any(|l| l.starts_with("L1-1") && l.contains("ALARM since part 2")), "{text}");
     assert!(image::open(&png).is_ok());
 }
+
+/// Enrollment at the station: `cmd/enroll` takes the next parts the daemon judges (here, files
+/// dropped into its directory), writes the gallery's next version and judges with it from the
+/// next part on, without a restart; the enrollment's parts raise no `odd_part` alarm. A
+/// request that does not fit the gallery is refused with the reason, and a cancelled
+/// enrollment writes nothing. `amfp enroll --from-source` takes parts from the same source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_is_enrolled_at_the_station_over_mqtt() {
+    let station = Station::new(312);
+    let broker = Broker::start(station.root.path());
+    let mut sub = Subscriber::connect(broker.port, &station.topic("#"), ClientOptions::default()).await;
+    let gallery = station.path("gallery.json");
+    std::fs::copy(repo(INT8_GALLERY), &gallery).unwrap();
+    let extra = format!("[model]\ngallery = \"{}\"\n[enroll]\ncommands = true\n", gallery.display());
+    let config = station.config(Some(broker.port), &extra);
+    let mut daemon = Daemon::start(&station, &config, &[]);
+    sub.status(&station.topic("status"), "online").await;
+    let enroll = station.topic("cmd/enroll");
+    let unit = simulate(&station.path("unit"), &["M2-7".to_string()], 14, 312_001);
+    let drop_unit = |i: usize| {
+        std::fs::rename(&unit[i].file, station.path("incoming").join(unit[i].file.file_name().unwrap())).unwrap()
+    };
+
+    // A machine the gallery has is refused, with the way to re-enroll it.
+    sub.publish(&enroll, br#"{"label": "L1-1", "ref": "T-0"}"#, false).await;
+    let e = sub.next_on(&station.topic("event")).await.json();
+    assert_eq!((e["kind"].as_str(), e["ref"].as_str()), (Some("command_refused"), Some("T-0")), "{e}");
+    assert!(e["reason"].as_str().unwrap().contains("already has machine \"L1-1\""), "{e}");
+    // Started, then cancelled: nothing is written.
+    sub.publish(&enroll, br#"{"label": "X-1", "parts": 3}"#, false).await;
+    let e = sub.next_on(&station.topic("event")).await.json();
+    assert_eq!(
+        (e["kind"].as_str(), e["state"].as_str(), e["of"].as_u64()),
+        (Some("enrollment"), Some("started"), Some(3))
+    );
+    sub.publish(&enroll, br#"{"cancel": true, "ref": "T-1"}"#, false).await;
+    let e = sub.next_on(&station.topic("event")).await.json();
+    assert_eq!(
+        (e["state"].as_str(), e["label"].as_str(), e["ref"].as_str()),
+        (Some("cancelled"), Some("X-1"), Some("T-1"))
+    );
+
+    sub.publish(
+        &enroll,
+        br#"{"label": "M2-7", "process": "DLS", "parts": 10, "why": "new supplier", "ref": "T-2"}"#,
+        false,
+    )
+    .await;
+    let e = sub.next_on(&station.topic("event")).await.json();
+    assert_eq!((e["state"].as_str(), e["gallery"]["version"].as_u64()), (Some("started"), Some(1)), "{e}");
+    for i in 0..10 {
+        drop_unit(i);
+    }
+    // Ten results marked as enrollment parts, six `part` events, `done`, the new gallery; no alarm.
+    let (mut results, mut parts, mut done, mut reloaded) = (Vec::new(), 0, None, None);
+    while results.len() < 10 || done.is_none() || reloaded.is_none() {
+        let m = sub.next().await;
+        if m.topic == station.topic("result") {
+            results.push(m.json());
+        } else if m.topic == station.topic("event") {
+            let e = m.json();
+            match (e["kind"].as_str().unwrap(), e["state"].as_str()) {
+                ("enrollment", Some("part")) => parts += 1,
+                ("enrollment", Some("done")) => done = Some(e),
+                ("gallery_reloaded", _) => reloaded = Some(e),
+                _ => panic!("unexpected event during the enrollment: {e}"),
+            }
+        }
+    }
+    assert_eq!(parts, 10);
+    for r in &results {
+        let note = &r["enrollment"];
+        assert_eq!(
+            (note["label"].as_str(), note["taken"].as_bool(), note["of"].as_u64()),
+            (Some("M2-7"), Some(true), Some(10))
+        );
+        assert_eq!(r["gallery"]["version"], 1, "judged with the gallery of before: {r}");
+        assert!(r["embedding"].is_null(), "the embedding is not published: {r}");
+    }
+    let (done, reloaded) = (done.unwrap(), reloaded.unwrap());
+    assert_eq!(
+        (done["version"].as_u64(), done["parts"].as_u64(), done["ref"].as_str()),
+        (Some(2), Some(10), Some("T-2")),
+        "{done}"
+    );
+    assert_eq!(
+        (reloaded["version"].as_u64(), reloaded["trigger"].as_str()),
+        (Some(2), Some("enrollment")),
+        "{reloaded}"
+    );
+    let written: Value = serde_json::from_slice(&std::fs::read(&gallery).unwrap()).unwrap();
+    let last = written["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["action"].as_str(), last["why"].as_str()), (Some("enroll"), Some("new supplier")), "{last}");
+    assert_eq!(last["by"], format!("station {}", station.device));
+
+    // The next part of the machine is judged with the new version and named.
+    drop_unit(10);
+    let r = sub.next_on(&station.topic("result")).await.json();
+    assert_eq!((r["gallery"]["version"].as_u64(), r["label"].as_str()), (Some(2), Some("M2-7")), "{r}");
+    assert!(r.get("enrollment").is_none(), "{r}");
+    daemon.signal("TERM");
+    assert_eq!(daemon.exit().await.0, Some(0), "{}", daemon.log());
+    // The file watch sees the new file too, but announces nothing: it is the gallery in use.
+    assert_eq!(daemon.log().matches(" reloaded (").count(), 1, "{}", daemon.log());
+
+    // The command line takes parts from the configured source too (here the same directory).
+    for i in 11..14 {
+        drop_unit(i);
+    }
+    let out = amfp_process(&config)
+        .args(["enroll", "--label", "M2-7", "--reenroll", "--why", "nozzle replaced", "--from-source", "3", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["version"].as_u64(), v["action"].as_str(), v["parts"].as_u64()),
+        (Some(3), Some("reenroll"), Some(3)),
+        "{v}"
+    );
+    assert_eq!(station.files_in("done").len(), 14, "each part moved into done/ once judged");
+}

@@ -7,7 +7,7 @@ mod mqtt_support;
 use std::time::Duration;
 
 use amfp::publish::outbox::OutboxError;
-use amfp::publish::{ConnectionState, MqttPublisher, PublishError};
+use amfp::publish::{Command, ConnectionState, EnrollCommand, MqttPublisher, PublishError};
 use mqtt_support::{Broker, ClientOptions, PATIENCE, Pki, Subscriber, attribution, free_port, password_file, settings};
 use serde_json::json;
 
@@ -15,6 +15,7 @@ const STATUS: &str = "amfp/dev/status";
 const RESULT: &str = "amfp/dev/result";
 const EVENT: &str = "amfp/dev/event";
 const INSPECT: &str = "amfp/dev/cmd/inspect";
+const ENROLL: &str = "amfp/dev/cmd/enroll";
 
 /// The fields the daemon puts in its `online` status.
 fn status_fields() -> serde_json::Value {
@@ -294,8 +295,19 @@ async fn commands_reach_the_daemon_and_bad_ones_become_events() {
 
     sub.publish(INSPECT, br#"{"claim": "DLS-3", "ref": "PO-17"}"#, false).await;
     let command = tokio::time::timeout(PATIENCE, commands.recv()).await.unwrap().unwrap();
+    let Command::Inspect(command) = command else { panic!("{command:?}") };
     assert_eq!(command.claim.as_deref(), Some("DLS-3"));
     assert_eq!(command.reference.as_deref(), Some("PO-17"));
+
+    // Enrollments have their own topic and checks.
+    sub.publish(ENROLL, br#"{"label": "F3B-9", "parts": 4, "ref": "T-1"}"#, false).await;
+    let command = tokio::time::timeout(PATIENCE, commands.recv()).await.unwrap().unwrap();
+    let Command::Enroll(EnrollCommand::Start(start)) = command else { panic!("{command:?}") };
+    assert_eq!((start.label.as_str(), start.parts, start.reference.as_deref()), ("F3B-9", 4, Some("T-1")));
+    sub.publish(ENROLL, br#"{"claim": "F3B-9"}"#, false).await;
+    let event = sub.next_on(EVENT).await.json();
+    assert_eq!((event["kind"].as_str(), event["topic"].as_str()), (Some("bad_command"), Some(ENROLL)), "{event}");
+    assert!(event["reason"].as_str().unwrap().contains("unknown field `claim`"), "{event}");
 
     for (payload, why) in [
         (&br#"{"claim": 5}"#[..], "invalid type"),
@@ -311,7 +323,7 @@ async fn commands_reach_the_daemon_and_bad_ones_become_events() {
     // Still alive: the next good command (an empty one) arrives.
     sub.publish(INSPECT, b"", false).await;
     let command = tokio::time::timeout(PATIENCE, commands.recv()).await.unwrap().unwrap();
-    assert_eq!(command, amfp::publish::InspectCommand::default());
+    assert_eq!(command, Command::Inspect(amfp::publish::InspectCommand::default()));
     assert!(commands.try_recv().is_err(), "exactly one command per good message");
     assert!(mqtt.shutdown(Duration::from_secs(5)).await.clean);
 }

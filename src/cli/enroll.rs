@@ -9,26 +9,35 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
 
+use crate::capture::Frame;
 use crate::capture::file::read_frame;
+use crate::capture::source::{CaptureError, Captured, Grab};
 use crate::config::{GalleryChoice, Settings};
-use crate::gallery::{self, Document, Gallery, NewMachine, PartEmbedding, Refused};
+use crate::daemon::trigger::{DetectorSettings, PartDetector, Sighting};
+use crate::gallery::{self, Document, EnrollRequest, Enrolled, PartEmbedding, Refused};
 use crate::identify::{Identifier, IdentifyOptions, Inspection, load_models, model_paths, resolve_pixel_size};
-use crate::result::{SourceInfo, Verdict};
+use crate::result::{Attribution, SourceInfo, Verdict};
 use crate::trust::SecretKey;
-use crate::vote::StopRule;
 
 /// Arguments of `amfp enroll`.
 #[derive(Debug, Args)]
 pub struct EnrollArgs {
     /// Images of the machine's parts, one part each, or folders of them. 10 or more parts from
     /// at least two builds are recommended.
-    #[arg(value_name = "IMAGE|DIR", required_unless_present = "labels")]
+    #[arg(value_name = "IMAGE|DIR", required_unless_present_any = ["labels", "from_source"])]
     pub images: Vec<PathBuf>,
+    /// Take N parts from the configured source instead of files: the camera (`[camera]`; each
+    /// part placed under it and held still, as the `continuous` trigger finds parts), a watched
+    /// directory or the simulator (`[source]`).
+    #[arg(long, value_name = "N", conflicts_with_all = ["images", "labels"],
+          value_parser = clap::value_parser!(u32).range(gallery::MIN_PARTS as i64..=crate::publish::command::MAX_ENROLL_PARTS as i64))]
+    pub from_source: Option<u32>,
     /// A labels.csv (`file` and `machine` columns, as `amfp synth` writes): its rows of --label.
     #[arg(long, value_name = "CSV")]
     pub labels: Option<PathBuf>,
@@ -110,10 +119,6 @@ pub fn default_by() -> String {
 }
 
 fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
-    let label = args.label.trim();
-    if label.is_empty() {
-        bail!("--label is empty: give the machine's label");
-    }
     if let Some(um) = args.pixel_um
         && !(um.is_finite() && um > 0.0 && um <= 1000.0)
     {
@@ -123,71 +128,52 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
     let source = gallery_path(settings, &model_path, args.gallery.as_deref())?;
     let out = args.out.clone().unwrap_or_else(|| source.clone());
     let mut options = IdentifyOptions::from_settings(settings);
-    // Every ROI of every part: a fingerprint is made once and used for every verdict after it.
-    options.stop = StopRule::Off;
     options.with_embedding = true;
     let load = settings.load_options();
     let (models, galleries) = load_models(&[model_path], options.batch, &load, &GalleryChoice::Path(source.clone()))?;
     let gallery = galleries.into_iter().next().flatten().context("the model's gallery did not load")?;
     let parent = Document::read(&source)?;
-    let existing = gallery.machines.iter().position(|m| m.label == label);
-    let why = match (existing, args.reenroll, &args.why) {
-        (Some(_), false, _) => bail!(
-            "gallery {} already has machine {label:?}: to replace its fingerprint (after maintenance, a repair), run \
-             again with --reenroll --why \"...\"; to add another machine, give it its own label",
-            source.display()
-        ),
-        (None, true, _) => bail!("--reenroll: gallery {} has no machine {label:?} to replace", source.display()),
-        (Some(_), true, None) => {
-            bail!("--reenroll needs --why: the gallery's history records why a fingerprint was replaced")
-        }
-        (_, _, Some(why)) => why.clone(),
-        (None, false, None) => format!("enrolled {label}"),
-    };
-    let images = collect_images(&args.images, args.labels.as_deref(), label)?;
-    if images.is_empty() {
-        bail!("no images of {label} given (files, folders of images, or --labels CSV rows of this machine)");
-    }
-    let identifier = Identifier::new(models, options);
-    let threads = args
-        .threads
-        .map(usize::from)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let (parts, unusable) = embed_all(&identifier, settings, args.pixel_um, &images, threads)?;
-    if !(0.0..=1.0).contains(&args.max_confusion) {
-        bail!("--max-confusion {} is not a rate between 0 and 1", args.max_confusion);
-    }
-    let enrollment = gallery.enroll(label, &parts, existing, args.max_confusion)?;
-    let mut doc = parent.clone();
-    doc.put_machine(&NewMachine {
-        label: label.to_string(),
-        process: args.process.clone().or_else(|| existing.and_then(|k| gallery.machines[k].process.clone())),
-        parts: enrollment.parts as u32,
-        mean: enrollment.mean.clone(),
-        offset: enrollment.offset,
+    let request = EnrollRequest {
+        label: args.label.trim().to_string(),
+        process: args.process.clone(),
         notes: args.notes.clone(),
-        drift: enrollment.drift,
-    });
-    let action = if existing.is_some() { "reenroll" } else { "enroll" };
-    let by = args.by.clone().unwrap_or_else(default_by);
-    doc.next_version(action, &by, &why, &[label.to_string()]);
-    // The new version must load as the old one did before it replaces it.
-    Gallery::for_model(
-        &out,
-        &doc.to_bytes(),
-        &identifier.models()[0].meta.name,
-        &identifier.models()[0].sha256,
-        identifier.models()[0].meta.embedding.as_ref(),
-    )?;
+        why: args.why.clone(),
+        by: args.by.clone().unwrap_or_else(default_by),
+        reenroll: args.reenroll,
+        max_confusion: args.max_confusion,
+    };
+    request.check(&gallery)?;
+    let label = request.label.as_str();
+    let identifier = Identifier::new(models, options);
+    let (parts, unusable, images) = match args.from_source {
+        Some(n) => {
+            let (parts, unusable, judged) = from_source(&identifier, settings, n)?;
+            (parts, unusable, judged as usize)
+        }
+        None => {
+            let images = collect_images(&args.images, args.labels.as_deref(), label)?;
+            if images.is_empty() {
+                bail!("no images of {label} given (files, folders of images, or --labels CSV rows of this machine)");
+            }
+            let threads = args
+                .threads
+                .map(usize::from)
+                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let (parts, unusable) = embed_all(&identifier, settings, args.pixel_um, &images, threads)?;
+            (parts, unusable, images.len())
+        }
+    };
     let signer = args.sign_key.as_deref().map(SecretKey::read).transpose()?;
+    let Enrolled { enrollment, committed, action } =
+        request.commit(&gallery, &identifier.models()[0], &parent, &out, &parts, signer.as_ref())?;
+    let existing = action == "reenroll";
     let mut warnings = enrollment.warnings.clone();
-    warnings.extend(super::trust::signing_warning(settings, signer.as_ref()));
-    let committed = gallery::commit(&out, &parent, &doc, signer.as_ref())?;
+    warnings.extend(crate::trust::signing_warning(&settings.trust, signer.as_ref()));
     let refused: Vec<Refused> = unusable.into_iter().chain(enrollment.refused.iter().cloned()).collect();
     if args.json {
         let v = json!({
             "gallery": committed.path, "version": committed.version, "sha256": committed.sha256,
-            "action": action, "label": label, "parts": enrollment.parts, "images": images.len(),
+            "action": action, "label": label, "parts": enrollment.parts, "images": images,
             "refused": refused.iter().map(|r| json!({"image": r.source, "reason": r.reason})).collect::<Vec<_>>(),
             "offset": enrollment.offset, "spread": enrollment.spread, "reference_parts": enrollment.reference_parts,
             "nearest": enrollment.nearest.as_ref().map(|(l, d)| json!({"label": l, "distance": d})),
@@ -200,9 +186,9 @@ fn enroll(settings: &Settings, args: &EnrollArgs) -> Result<()> {
     } else {
         println!(
             "{} {label}: {} of {} images taken; gallery {} is now version {} (sha256 {})",
-            if existing.is_some() { "re-enrolled" } else { "enrolled" },
+            if existing { "re-enrolled" } else { "enrolled" },
             enrollment.parts,
-            images.len(),
+            images,
             committed.path.display(),
             committed.version,
             &committed.sha256[..12]
@@ -327,20 +313,117 @@ fn embed_one(
     path: &Path,
 ) -> Result<Result<PartEmbedding, Refused>> {
     let frame = read_frame(path).with_context(|| format!("cannot enroll {}", path.display()))?;
+    let source = SourceInfo { kind: "file".into(), name: path.display().to_string(), frame: None };
+    let (a, _) = embed_frame(identifier, settings, pixel_um, &frame, source, 0.0)
+        .with_context(|| format!("cannot enroll {}", path.display()))?;
+    Ok(a)
+}
+
+/// One frame judged for enrollment: its part embedding, or why it cannot be used; and the
+/// Attribution (for the source's `on_done`).
+fn embed_frame(
+    identifier: &Identifier,
+    settings: &Settings,
+    pixel_um: Option<f64>,
+    frame: &Frame,
+    source: SourceInfo,
+    capture_ms: f64,
+) -> Result<(Result<PartEmbedding, Refused>, Attribution)> {
     let inspection = Inspection {
-        pixel: resolve_pixel_size(pixel_um, &frame, settings.camera.pixel_um),
-        frame: &frame,
-        source: SourceInfo { kind: "file".into(), name: path.display().to_string(), frame: None },
+        pixel: resolve_pixel_size(pixel_um, frame, settings.camera.pixel_um),
+        frame,
+        source,
         claim: None,
-        capture_ms: 0.0,
+        capture_ms,
     };
-    let a = identifier.identify(&inspection).with_context(|| format!("cannot enroll {}", path.display()))?;
-    let source = path.display().to_string();
-    Ok(match (a.judgement.verdict, a.judgement.embedding) {
-        (Verdict::Rejected, _) => {
-            Err(Refused { source, reason: format!("cannot be judged: {}", a.judgement.reason.unwrap_or_default()) })
-        }
+    let (mut a, _) = identifier.identify_for_enrollment(&inspection, false)?;
+    let source = a.source.name.clone();
+    let part = match (a.judgement.verdict, a.judgement.embedding.take()) {
+        (Verdict::Rejected, _) => Err(Refused {
+            source,
+            reason: format!("cannot be judged: {}", a.judgement.reason.clone().unwrap_or_default()),
+        }),
         (_, Some(embedding)) => Ok(PartEmbedding { source, embedding }),
         (_, None) => Err(Refused { source, reason: "the model gave no embedding".into() }),
-    })
+    };
+    Ok((part, a))
+}
+
+/// How many frames a source may deliver per part asked for before enrollment gives up: parts
+/// that cannot be judged (out of focus, off the stage) are refused, not counted.
+const FRAMES_PER_PART: u32 = 3;
+
+/// `n` parts from the configured source: each frame of a part source (a watched directory,
+/// the simulator), or each part a live view shows once it is still (the `continuous` trigger's
+/// detector). Frames that cannot be judged are refused and do not count. Returns the parts,
+/// the refused frames and how many frames were judged.
+fn from_source(
+    identifier: &Identifier,
+    settings: &Settings,
+    n: u32,
+) -> Result<(Vec<PartEmbedding>, Vec<Refused>, u32)> {
+    let mut source = crate::daemon::open_source(settings, &identifier.models()[0].path)?;
+    let live = source.is_live();
+    let mut detector = PartDetector::new(DetectorSettings::from_settings(&settings.daemon));
+    let described = source.describe();
+    eprintln!(
+        "taking {n} parts from {} {}{}",
+        described.kind,
+        described.name,
+        if live { ": place each part under the camera and hold it still until it is taken" } else { "" }
+    );
+    let (mut parts, mut refused, mut judged) = (Vec::new(), Vec::new(), 0u32);
+    let mut lost = false;
+    while parts.len() < n as usize {
+        if judged >= FRAMES_PER_PART * n {
+            bail!(
+                "{judged} frames judged, {} of {n} parts usable; the others: {}",
+                parts.len(),
+                refused.iter().map(|r: &Refused| format!("{}: {}", r.source, r.reason)).collect::<Vec<_>>().join("; ")
+            );
+        }
+        let captured = match source.grab(Duration::from_millis(250)) {
+            Ok(Grab::Frame(c)) => {
+                if std::mem::take(&mut lost) {
+                    eprintln!("frames flow again from {}", c.source.name);
+                }
+                c
+            }
+            Ok(Grab::Idle) => continue,
+            Ok(Grab::End) => bail!("{} {} ran out after {} of {n} parts", described.kind, described.name, parts.len()),
+            Err(CaptureError::Lost(why)) => {
+                if !std::mem::replace(&mut lost, true) {
+                    eprintln!("warning: source lost: {why}; reopening");
+                }
+                continue;
+            }
+            Err(CaptureError::Skipped(why)) => {
+                eprintln!("warning: frame skipped: {why}");
+                continue;
+            }
+            Err(CaptureError::Fatal(why)) => bail!("source: {why}"),
+        };
+        if live && detector.observe(&captured.frame) != Sighting::Inspect {
+            continue;
+        }
+        judged += 1;
+        let Captured { frame, source: info, capture_ms, on_done } = captured;
+        let (part, attribution) = embed_frame(identifier, settings, None, &frame, info, capture_ms)?;
+        match part {
+            Ok(p) => {
+                eprintln!("part {} of {n} taken ({})", parts.len() + 1, p.source);
+                parts.push(p);
+            }
+            Err(r) => {
+                eprintln!("frame {} refused: {}", r.source, r.reason);
+                refused.push(r);
+            }
+        }
+        if let Some(done) = on_done
+            && let Err(e) = done(&attribution)
+        {
+            eprintln!("warning: {}: {e}", attribution.source.name);
+        }
+    }
+    Ok((parts, refused, judged))
 }

@@ -100,7 +100,7 @@ fn command(settings: &Settings, args: GalleryArgs) -> Result<ExitCode> {
     let change = |next: &Document, what: &str| -> Result<()> {
         let c = gallery::commit(&path, &doc, next, signer.as_ref())?;
         report_change(json, what, &c);
-        if let Some(w) = super::trust::signing_warning(settings, signer.as_ref()) {
+        if let Some(w) = crate::trust::signing_warning(&settings.trust, signer.as_ref()) {
             eprintln!("warning: {w}");
         }
         Ok(())

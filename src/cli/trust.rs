@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::config::Settings;
-use crate::trust::{self, PublicKey, SecretKey, Trust};
+use crate::trust::{self, SecretKey, Trust};
 
 /// `amfp key` subcommands.
 #[derive(Debug, Subcommand)]
@@ -126,30 +126,4 @@ fn verify(settings: &Settings, args: &VerifyArgs) -> Result<bool> {
         }
     }
     Ok(all)
-}
-
-/// What to tell someone who writes a gallery version signed with `signer` (or not signed): on a
-/// device whose `[trust]` requires signatures, an unsigned version, or one signed by a key
-/// `[trust]` does not name, is refused until a trusted key signs it.
-pub fn signing_warning(settings: &Settings, signer: Option<&SecretKey>) -> Option<String> {
-    if settings.trust.keys.is_empty() {
-        return None;
-    }
-    let Some(key) = signer else {
-        return Some(
-            "the new version is not signed and [trust] requires signatures: amfp refuses it until it is signed \
-             (amfp sign --key <private key> <gallery>, or --sign-key)"
-                .into(),
-        );
-    };
-    let trusted: Vec<PublicKey> = settings.trust.keys.iter().filter_map(|p| PublicKey::read(p).ok()).collect();
-    let public = key.public();
-    (!trusted.is_empty() && !trusted.iter().any(|k| k.id() == public.id())).then(|| {
-        format!(
-            "key {} ({}) is not among this device's [trust] keys: what it signs is refused here until its public key \
-             is listed",
-            public.id(),
-            key.path.display()
-        )
-    })
 }

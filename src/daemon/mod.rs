@@ -21,6 +21,7 @@
 //! broker's acknowledgements, all within `daemon.shutdown_grace_s`. A result not acknowledged in
 //! time stays in the MQTT outbox and goes out after the next start. See docs/daemon.md.
 
+pub mod enrollment;
 pub mod evidence;
 pub mod settings;
 pub mod sink;
@@ -42,10 +43,12 @@ use crate::capture::synth::SynthSource;
 use crate::capture::v4l2::V4l2Source;
 use crate::config::Settings;
 use crate::drift::Monitor;
+use crate::gallery::Gallery;
 use crate::identify::{Identifier, IdentifyOptions, Inspection, load_models, model_paths, resolve_pixel_size};
-use crate::publish::{InspectCommand, MqttPublisher};
+use crate::publish::{Command, EnrollCommand, InspectCommand, MqttPublisher};
 use crate::result::Verdict;
 use crate::synth::fleet::Fleet;
+use enrollment::{Station, Step};
 use evidence::RoiBox;
 use settings::{SourceKind, TriggerKind};
 use sink::{Judged, Sinks};
@@ -93,6 +96,13 @@ struct Job {
     captured: Captured,
     claim: Option<String>,
     reference: Option<String>,
+}
+
+/// What the capture task hands the inference task, in order: parts, and enrollment commands
+/// (which apply to the parts captured after them).
+enum Work {
+    Part(Job),
+    Enroll(EnrollCommand),
 }
 
 /// What the source and trigger need to run.
@@ -182,15 +192,16 @@ pub async fn run(
         _ => None,
     };
 
+    let station =
+        Station::new(settings.enroll.clone(), settings.trust.clone(), &device).map_err(DaemonError::Config)?;
+    if settings.enroll.commands {
+        log::info!("enrollment at the station: cmd/enroll commands are taken (enroll.commands)");
+    }
     let capture = Capture {
         source,
         trigger,
         interval: Duration::from_secs_f64(settings.daemon.interval_s),
-        detector: DetectorSettings {
-            presence_fraction: settings.daemon.presence_fraction,
-            still_frames: settings.daemon.still_frames,
-            still_tolerance: settings.daemon.still_tolerance,
-        },
+        detector: DetectorSettings::from_settings(&settings.daemon),
         max_parts: options.max_parts,
     };
     let (jobs_tx, jobs_rx) = mpsc::channel(settings.daemon.queue);
@@ -204,7 +215,7 @@ pub async fn run(
     let reload_task =
         identifier.gallery().map(|g| tokio::spawn(reload_gallery(identifier.clone(), g.path.clone(), mqtt.clone())));
     let inference_task = tokio::spawn(inference_loop(
-        Judge { identifier, drift },
+        Judge { identifier, drift, station },
         settings.clone(),
         jobs_rx,
         judged_tx,
@@ -263,8 +274,9 @@ pub async fn run(
     captured.map(|()| summary)
 }
 
-/// Opens the configured source.
-fn open_source(settings: &Settings, model_path: &Path) -> Result<Box<dyn FrameSource>, DaemonError> {
+/// Opens the configured source (`[source]`, `[camera]`): the daemon's, and `amfp enroll
+/// --from-source`'s.
+pub fn open_source(settings: &Settings, model_path: &Path) -> Result<Box<dyn FrameSource>, DaemonError> {
     let s = &settings.source;
     let failed = |e: CaptureError| DaemonError::Failed(e.to_string());
     Ok(match s.kind {
@@ -373,29 +385,11 @@ async fn reload_gallery(identifier: Arc<Identifier>, path: PathBuf, mqtt: Option
         let id = identifier.clone();
         match tokio::task::spawn_blocking(move || id.replace_gallery(&loading)).await.expect("gallery loading panicked")
         {
-            Ok(g) => {
-                log::info!(
-                    "gallery {} reloaded ({why}): version {}, {} machines, sha256 {}",
-                    g.path.display(),
-                    g.version,
-                    g.machines.len(),
-                    &g.sha256[..12]
-                );
-                if let Some(m) = &mqtt
-                    && let Err(e) = m.update_status(
-                        json!({"model": {"gallery": {"version": g.version, "sha256": g.sha256, "machines": g.machines.len()}}}),
-                    )
-                {
-                    log::warn!("mqtt: the online status does not show the new gallery: {e}");
-                }
-                event(
-                    &mqtt,
-                    "gallery_reloaded",
-                    json!({"path": g.path, "version": g.version, "sha256": g.sha256, "machines": g.machines.len(),
-                           "previous_sha256": before, "trigger": why,
-                           "signed_by": g.signed_by.as_ref().map(|s| s.key_id.clone())}),
-                );
+            // The same file again: the daemon's own enrollment wrote it and announced it.
+            Ok(g) if why != "SIGHUP" && before.as_deref() == Some(g.sha256.as_str()) => {
+                log::debug!("gallery {} unchanged ({why})", g.path.display())
             }
+            Ok(g) => announce_gallery(&mqtt, &g, before, why),
             Err(e) => {
                 log::error!("gallery not reloaded ({why}): {e}; still judging with the one loaded before");
                 event(
@@ -408,13 +402,39 @@ async fn reload_gallery(identifier: Arc<Identifier>, path: PathBuf, mqtt: Option
     }
 }
 
+/// Says that `g` is now the gallery parts are judged with: the log, the `online` status and a
+/// `gallery_reloaded` event naming what made the change (`why`).
+fn announce_gallery(mqtt: &Option<MqttPublisher>, g: &Gallery, before: Option<String>, why: &str) {
+    log::info!(
+        "gallery {} reloaded ({why}): version {}, {} machines, sha256 {}",
+        g.path.display(),
+        g.version,
+        g.machines.len(),
+        &g.sha256[..12]
+    );
+    if let Some(m) = mqtt
+        && let Err(e) = m.update_status(
+            json!({"model": {"gallery": {"version": g.version, "sha256": g.sha256, "machines": g.machines.len()}}}),
+        )
+    {
+        log::warn!("mqtt: the online status does not show the new gallery: {e}");
+    }
+    event(
+        mqtt,
+        "gallery_reloaded",
+        json!({"path": g.path, "version": g.version, "sha256": g.sha256, "machines": g.machines.len(),
+               "previous_sha256": before, "trigger": why,
+               "signed_by": g.signed_by.as_ref().map(|s| s.key_id.clone())}),
+    );
+}
+
 /// The capture task: asks the source for frames and turns the trigger's picks into jobs.
 /// Returns when `stop` is cancelled, the source ends, `max_parts` were captured, or the source
 /// fails for good (the error).
 async fn capture_loop(
     capture: Capture,
-    jobs: mpsc::Sender<Job>,
-    mut commands: Option<mpsc::Receiver<InspectCommand>>,
+    jobs: mpsc::Sender<Work>,
+    mut commands: Option<mpsc::Receiver<Command>>,
     stop: CancellationToken,
     mqtt: Option<MqttPublisher>,
     identifier: Arc<Identifier>,
@@ -435,39 +455,47 @@ async fn capture_loop(
         }
         // What makes the next part: a tick, a command, or simply the next frame.
         if wanted.is_none() {
-            match trigger {
+            // An enrollment command goes to the inference task in line with the parts, so
+            // that it applies to the parts captured after it.
+            let inspect = match trigger {
                 TriggerKind::Interval => tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
-                    _ = ticker.tick() => wanted = Some((None, None)),
-                    Some(cmd) = recv(&mut commands) => wanted = accepted(cmd, &identifier, &mqtt),
+                    _ = ticker.tick() => { wanted = Some((None, None)); None },
+                    Some(cmd) = recv(&mut commands) => Some(cmd),
                 },
                 TriggerKind::Command => tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
                     cmd = recv(&mut commands) => match cmd {
-                        Some(cmd) => wanted = accepted(cmd, &identifier, &mqtt),
+                        Some(cmd) => Some(cmd),
                         None => return Err(DaemonError::Failed("the MQTT command stream ended".into())),
                     },
                 },
+                _ => commands.as_mut().and_then(|rx| rx.try_recv().ok()),
+            };
+            let inspect = match inspect {
+                Some(Command::Enroll(cmd)) => {
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        sent_ok = jobs.send(Work::Enroll(cmd)) => if sent_ok.is_err() { return Ok(()) },
+                    }
+                    continue;
+                }
+                Some(Command::Inspect(cmd)) => Some(cmd),
+                None => None,
+            };
+            match (trigger, inspect) {
+                (_, None) => {}
+                (TriggerKind::Interval | TriggerKind::Command, Some(cmd)) => wanted = accepted(cmd, &identifier, &mqtt),
                 // `each` and `continuous` look at every frame; a command on a live view
                 // judges the next frame at once.
-                _ => {
-                    if let Some(rx) = &mut commands
-                        && let Ok(cmd) = rx.try_recv()
-                    {
-                        if live {
-                            wanted = accepted(cmd, &identifier, &mqtt);
-                        } else {
-                            log::warn!(
-                                "inspect command ignored: every part of a {} source is judged anyway",
-                                if trigger == TriggerKind::Each { "part" } else { "live" }
-                            );
-                            event(
-                                &mqtt,
-                                "command_ignored",
-                                json!({"reason": "this device judges every part its source delivers; commands are for camera stations with trigger command or interval", "ref": cmd.reference}),
-                            );
-                        }
-                    }
+                (_, Some(cmd)) if live => wanted = accepted(cmd, &identifier, &mqtt),
+                (_, Some(cmd)) => {
+                    log::warn!("inspect command ignored: every part of a part source is judged anyway");
+                    event(
+                        &mqtt,
+                        "command_ignored",
+                        json!({"reason": "this device judges every part its source delivers; commands are for camera stations with trigger command or interval", "ref": cmd.reference}),
+                    );
                 }
             }
         }
@@ -516,7 +544,7 @@ async fn capture_loop(
         let job = Job { captured, claim, reference };
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            sent_ok = jobs.send(job) => if sent_ok.is_err() { return Ok(()) },
+            sent_ok = jobs.send(Work::Part(job)) => if sent_ok.is_err() { return Ok(()) },
         }
         sent += 1;
     }
@@ -540,17 +568,19 @@ fn accepted(
 }
 
 /// The next command, or never when there is no command stream.
-async fn recv(commands: &mut Option<mpsc::Receiver<InspectCommand>>) -> Option<InspectCommand> {
+async fn recv(commands: &mut Option<mpsc::Receiver<Command>>) -> Option<Command> {
     match commands {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
 
-/// What judges a part: the identifier, and drift monitoring when it is on.
+/// What judges a part: the identifier, drift monitoring when it is on, and the station's
+/// enrollment.
 struct Judge {
     identifier: Arc<Identifier>,
     drift: Option<Arc<Mutex<Monitor>>>,
+    station: Station,
 }
 
 /// The inference task: judges each job on a blocking thread; pings the watchdog while idle and
@@ -558,28 +588,37 @@ struct Judge {
 async fn inference_loop(
     judge: Judge,
     settings: Settings,
-    mut jobs: mpsc::Receiver<Job>,
+    mut jobs: mpsc::Receiver<Work>,
     judged: mpsc::Sender<Judged>,
     keep_frames: bool,
     systemd: Systemd,
     mqtt: Option<MqttPublisher>,
 ) -> u64 {
-    let Judge { identifier, drift } = judge;
+    let Judge { identifier, drift, mut station } = judge;
     let mut pings = systemd.ping_every().map(tokio::time::interval);
     let mut count = 0;
     loop {
-        let job = tokio::select! {
-            job = jobs.recv() => job,
+        let work = tokio::select! {
+            work = jobs.recv() => work,
             _ = async { match &mut pings { Some(p) => { p.tick().await; } None => std::future::pending().await } } => {
                 systemd.ping();
                 continue;
             }
         };
-        let Some(Job { captured, claim, reference }) = job else { return count };
-        let claim = claim.or_else(|| settings.daemon.expect.clone());
+        let Job { captured, claim, reference } = match work {
+            None => return count,
+            Some(Work::Enroll(cmd)) => {
+                enroll_command(&mut station, cmd, &identifier, &mqtt);
+                continue;
+            }
+            Some(Work::Part(job)) => job,
+        };
+        let enrolling = station.is_active();
+        // A part taken for an enrollment is not checked against the line's expected source.
+        let claim = claim.or_else(|| settings.daemon.expect.clone().filter(|_| !enrolling));
         let id = identifier.clone();
         let config_pixel = settings.camera.pixel_um;
-        let monitor = drift.clone();
+        let monitor = drift.clone().filter(|_| !enrolling);
         let (captured, outcome) = tokio::task::spawn_blocking(move || {
             let inspection = Inspection {
                 pixel: resolve_pixel_size(None, &captured.frame, config_pixel),
@@ -588,7 +627,11 @@ async fn inference_loop(
                 claim: claim.as_deref(),
                 capture_ms: captured.capture_ms,
             };
-            let mut outcome = id.identify_recorded(&inspection, keep_frames);
+            let mut outcome = if enrolling {
+                id.identify_for_enrollment(&inspection, keep_frames)
+            } else {
+                id.identify_recorded(&inspection, keep_frames)
+            };
             if let (Some(monitor), Some(gallery), Ok((attribution, _))) = (monitor, id.gallery(), outcome.as_mut()) {
                 let mut monitor = monitor.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 attribution.drift = monitor.observe(&gallery, attribution);
@@ -608,6 +651,9 @@ async fn inference_loop(
         };
         count += 1;
         attribution.reference = reference;
+        if let Some(step) = station.take(&mut attribution) {
+            enrollment_step(step, &identifier, &mqtt).await;
+        }
         if let Some(note) = &attribution.drift
             && let Some(alarm) = &note.raised
         {
@@ -649,6 +695,66 @@ async fn inference_loop(
             return count;
         }
     }
+}
+
+/// Starts or cancels an enrollment at the station; a command that cannot be carried out is
+/// refused with a `command_refused` event saying why.
+fn enroll_command(station: &mut Station, cmd: EnrollCommand, identifier: &Identifier, mqtt: &Option<MqttPublisher>) {
+    let (label, reference, outcome) = match cmd {
+        EnrollCommand::Start(start) => {
+            let (label, reference) = (Some(start.label.clone()), start.reference.clone());
+            (label, reference, station.start(start, identifier))
+        }
+        EnrollCommand::Cancel { reference } => (None, reference.clone(), station.cancel(reference)),
+    };
+    match outcome {
+        Ok(detail) => {
+            log::info!("enrollment {}: {}", text(&detail["state"]), text(&detail["label"]));
+            event(mqtt, "enrollment", detail);
+        }
+        Err(why) => {
+            log::warn!("enroll command refused: {why}");
+            event(mqtt, "command_refused", json!({"reason": why, "label": label, "ref": reference}));
+        }
+    }
+}
+
+/// Reports what a part did to the enrollment under way; with its last part, writes the new
+/// gallery version (on a blocking thread) and announces it as the gallery now in use.
+async fn enrollment_step(step: Step, identifier: &Arc<Identifier>, mqtt: &Option<MqttPublisher>) {
+    match step {
+        Step::More(detail) => {
+            log::info!("enrollment of {}: {} of {} parts", text(&detail["label"]), detail["parts"], detail["of"]);
+            event(mqtt, "enrollment", detail);
+        }
+        Step::Failed(detail) => {
+            log::warn!("enrollment of {} failed: {}", text(&detail["label"]), text(&detail["reason"]));
+            event(mqtt, "enrollment", detail);
+        }
+        Step::Ready(detail, ready) => {
+            event(mqtt, "enrollment", detail);
+            let label = ready.label().to_string();
+            let before = identifier.gallery().map(|g| g.sha256.clone());
+            let id = identifier.clone();
+            let (detail, gallery) =
+                tokio::task::spawn_blocking(move || ready.commit(&id)).await.expect("enrollment panicked");
+            match &gallery {
+                Some(g) => {
+                    log::info!("enrollment of {label} done: gallery {} is now version {}", g.path.display(), g.version)
+                }
+                None => log::warn!("enrollment of {label} failed: {}", text(&detail["reason"])),
+            }
+            event(mqtt, "enrollment", detail);
+            if let Some(g) = gallery {
+                announce_gallery(mqtt, &g, before, "enrollment");
+            }
+        }
+    }
+}
+
+/// A JSON string's text (other values as JSON), for log lines.
+fn text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 
 /// The sink task: delivers every judged part; returns how many reached every sink.

@@ -1,5 +1,6 @@
 //! The daemon's configuration sections: `[source]` (where parts come from), `[daemon]` (when a
-//! part is inspected, shutdown) and `[output]` (where attributions go besides MQTT).
+//! part is inspected, shutdown), `[output]` (where attributions go besides MQTT) and `[enroll]`
+//! (enrollment at the station).
 //!
 //! They live beside the daemon that reads them; `config` embeds them in `Settings` and runs
 //! [`check`] with the other sections' checks. Every key is documented in docs/configuration.md.
@@ -155,6 +156,28 @@ impl Default for OutputSettings {
     }
 }
 
+/// `[enroll]`: enrollment at the station, started by MQTT `cmd/enroll` (docs/gallery.md,
+/// "Enrollment at the station").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollSettings {
+    /// Take `cmd/enroll` commands. Off by default: whoever may publish on the broker could
+    /// otherwise add machines to the gallery.
+    pub commands: bool,
+    /// Sign the gallery versions the station writes with this private key (docs/trust.md);
+    /// needed when `[trust]` names keys, else the station refuses enrollments.
+    pub sign_key: Option<PathBuf>,
+    /// Largest estimated share of parts a new machine and a known one may swap (as `amfp enroll
+    /// --max-confusion`).
+    pub max_confusion: f64,
+}
+
+impl Default for EnrollSettings {
+    fn default() -> Self {
+        Self { commands: false, sign_key: None, max_confusion: crate::gallery::MAX_CONFUSION }
+    }
+}
+
 /// What each key of these sections accepts, in words (merged into the config's table).
 pub const ALLOWED: &[(&str, &str)] = &[
     ("source.kind", "v4l2, directory, synth or conveyor"),
@@ -179,11 +202,19 @@ pub const ALLOWED: &[(&str, &str)] = &[
     ("output.evidence", "true or false"),
     ("output.evidence_max_bytes", "a whole number of bytes from 1048576 (1 MiB) to 1099511627776 (1 TiB)"),
     ("output.evidence_quality", "a JPEG quality from 1 to 100"),
+    ("enroll.commands", "true or false"),
+    ("enroll.sign_key", "a path to an ed25519 private key in PEM form (amfp key generate writes it)"),
+    ("enroll.max_confusion", "a rate from 0 to 1"),
 ];
 
-/// The range checks of `[source]`, `[daemon]` and `[output]`: each problem as (key, value shown).
-/// Whether the directory exists is checked when the daemon starts.
-pub fn check(source: &SourceSettings, daemon: &DaemonSettings, output: &OutputSettings) -> Vec<(&'static str, String)> {
+/// The range checks of `[source]`, `[daemon]`, `[output]` and `[enroll]`: each problem as (key,
+/// value shown). Whether the directory exists is checked when the daemon starts.
+pub fn check(
+    source: &SourceSettings,
+    daemon: &DaemonSettings,
+    output: &OutputSettings,
+    enroll: &EnrollSettings,
+) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     let mut bad = |ok: bool, key: &'static str, shown: String| {
         if !ok {
@@ -217,6 +248,8 @@ pub fn check(source: &SourceSettings, daemon: &DaemonSettings, output: &OutputSe
         o.evidence_max_bytes.to_string(),
     );
     bad((1..=100).contains(&o.evidence_quality), "output.evidence_quality", o.evidence_quality.to_string());
+    bad(!enroll.sign_key.as_ref().is_some_and(empty), "enroll.sign_key", "an empty path".into());
+    bad((0.0..=1.0).contains(&enroll.max_confusion), "enroll.max_confusion", enroll.max_confusion.to_string());
     out
 }
 
@@ -233,13 +266,15 @@ mod tests {
     #[test]
     fn defaults_pass_and_out_of_range_values_are_named() {
         let (s, d, o) = (SourceSettings::default(), DaemonSettings::default(), OutputSettings::default());
-        assert!(check(&s, &d, &o).is_empty());
+        let e = EnrollSettings::default();
+        assert!(check(&s, &d, &o, &e).is_empty());
         let d2 = DaemonSettings { queue: 0, interval_s: f64::NAN, ..d };
         let o2 = OutputSettings { evidence_quality: 0, ..o };
-        let keys: Vec<_> = check(&s, &d2, &o2).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["daemon.interval_s", "daemon.queue", "output.evidence_quality"]);
+        let e2 = EnrollSettings { max_confusion: 1.5, ..e };
+        let keys: Vec<_> = check(&s, &d2, &o2, &e2).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["daemon.interval_s", "daemon.queue", "output.evidence_quality", "enroll.max_confusion"]);
         for (key, _) in ALLOWED {
-            assert!(matches!(key.split('.').next(), Some("source" | "daemon" | "output")), "{key}");
+            assert!(matches!(key.split('.').next(), Some("source" | "daemon" | "output" | "enroll")), "{key}");
         }
     }
 

@@ -165,7 +165,12 @@ impl Sinks {
 
 /// The events an Attribution raises besides its result: `odd_part` for a part from no known
 /// machine or one that contradicts its claim, `rejected` for a frame that could not be judged.
+/// A part judged for an enrollment raises none: its machine is not known yet, and the
+/// `enrollment` events say what became of it.
 pub fn events_for(a: &Attribution) -> Vec<(&'static str, serde_json::Value)> {
+    if a.enrollment.is_some() {
+        return Vec::new();
+    }
     let j = &a.judgement;
     let claim_broken = a.claim.as_ref().is_some_and(|c| {
         matches!(c.status, ClaimStatus::Contradicted) || (c.status == ClaimStatus::Unconfirmed && c.known_label)
@@ -264,5 +269,16 @@ mod tests {
             distance: None,
         });
         assert_eq!(events_for(&contradicted)[0].0, "odd_part");
+        // A part taken for an enrollment is unknown by design: no alarm.
+        let mut enrolling = attribution(4, "unknown");
+        enrolling.enrollment = Some(crate::result::EnrollmentNote {
+            label: "F3B-9".into(),
+            taken: true,
+            parts: 1,
+            of: 10,
+            reason: None,
+            reference: None,
+        });
+        assert!(events_for(&enrolling).is_empty());
     }
 }

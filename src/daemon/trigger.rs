@@ -44,6 +44,17 @@ pub struct DetectorSettings {
     pub still_tolerance: f64,
 }
 
+impl DetectorSettings {
+    /// The `continuous` trigger's settings in `[daemon]`.
+    pub fn from_settings(d: &super::settings::DaemonSettings) -> Self {
+        Self {
+            presence_fraction: d.presence_fraction,
+            still_frames: d.still_frames,
+            still_tolerance: d.still_tolerance,
+        }
+    }
+}
+
 /// Finds parts arriving in a live view; see the module docs.
 #[derive(Debug, Clone)]
 pub struct PartDetector {

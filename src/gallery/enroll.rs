@@ -90,6 +90,12 @@ pub enum EnrollError {
     Indistinguishable { label: String, other: String, distance: f64, confusion: f64, limit: f64 },
     #[error("a part embedding has {got} values, but the gallery's embedding has {want}")]
     Dimension { got: usize, want: usize },
+    /// The request does not fit the gallery (a label it has, a re-enrollment without a reason).
+    #[error("{0}")]
+    Request(String),
+    /// The new version could not be checked or written.
+    #[error(transparent)]
+    Gallery(#[from] super::GalleryError),
 }
 
 impl Gallery {

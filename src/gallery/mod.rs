@@ -18,12 +18,14 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 mod enroll;
+mod request;
 mod store;
 
 pub use enroll::{
     EnrollError, Enrollment, MAX_CONFUSION, MIN_PARTS, PartEmbedding, RECOMMENDED_PARTS, Refused, confusion,
     small_n_offset,
 };
+pub use request::{EnrollRequest, Enrolled};
 pub use store::{
     Audit, Committed, Document, HistoryEntry, NewMachine, Version, audit, commit, read_version, versions_dir,
 };

@@ -12,7 +12,7 @@
 //! let (mqtt, mut commands) = MqttPublisher::start(&settings.mqtt, &device, status).await?;
 //! mqtt.publish_result(&attribution).await?;                // durable once it returns
 //! mqtt.publish_event("camera_lost", serde_json::json!({"reason": "unplugged"}))?;
-//! if let Some(command) = commands.recv().await { /* inspect, with command.claim */ }
+//! if let Some(command) = commands.recv().await { /* Command::Inspect or Command::Enroll */ }
 //! mqtt.shutdown(Duration::from_secs(settings.mqtt.shutdown_grace_s)).await;
 //! # Ok(()) }
 //! ```
@@ -32,7 +32,7 @@ pub mod wire;
 
 use std::time::Duration;
 
-pub use command::InspectCommand;
+pub use command::{Command, EnrollCommand, EnrollStart, InspectCommand};
 pub use mqtt::{ConnectionState, MqttPublisher, ShutdownReport};
 pub use outbox::{OutboxError, OutboxStats};
 

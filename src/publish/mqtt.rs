@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use super::PublishError;
 use super::backoff::Backoff;
-use super::command::{InspectCommand, parse_inspect};
+use super::command::{Command, parse_enroll, parse_inspect};
 use super::outbox::{Outbox, OutboxError, OutboxLimits, OutboxStats};
 use super::session::{Sent, Session};
 use super::transport::{self, MAX_PAYLOAD_BYTES};
@@ -155,7 +155,7 @@ impl MqttPublisher {
     /// Checks the settings, opens the outbox and starts connecting (in the background: a broker
     /// that is down delays results, it does not fail the start). `device` is the device id of
     /// the topics; `status` holds the fields of the retained `online` status (model, camera...),
-    /// an object. Returns the publisher and the receiver of validated inspect commands.
+    /// an object. Returns the publisher and the receiver of validated commands.
     ///
     /// Errors, each naming the key to fix: bad settings, unreadable password, CA, certificate or
     /// key files, an outbox directory that cannot be used or is locked by another process.
@@ -164,7 +164,7 @@ impl MqttPublisher {
         settings: &MqttSettings,
         device: &str,
         status: Value,
-    ) -> Result<(Self, mpsc::Receiver<InspectCommand>), PublishError> {
+    ) -> Result<(Self, mpsc::Receiver<Command>), PublishError> {
         transport::check(settings)?;
         let topics = Topics::new(&settings.base, device)
             .map_err(|message| PublishError::Setup { key: "device.id".into(), message })?;
@@ -449,7 +449,7 @@ struct Manager {
     connected: bool,
     /// The last outbox entry handed over in this connection.
     cursor: Option<u64>,
-    commands: mpsc::Sender<InspectCommand>,
+    commands: mpsc::Sender<Command>,
     state: watch::Sender<ConnectionState>,
     /// The last failure logged at warning level, so a retry loop logs each new reason once.
     last_failure: Option<String>,
@@ -516,10 +516,13 @@ impl Manager {
                 self.check_stop();
             }
             Link::Message(publish) => self.on_message(publish),
-            Link::Subscribed(true) => log::debug!("mqtt: subscribed to {}", self.topics.inspect),
+            Link::Subscribed(true) => {
+                log::debug!("mqtt: subscribed to {} and {}", self.topics.inspect, self.topics.enroll)
+            }
             Link::Subscribed(false) => log::error!(
-                "mqtt: the broker refused the subscription to {}: commands will not arrive (check its ACL)",
-                self.topics.inspect
+                "mqtt: the broker refused the subscription to {} or {}: commands will not arrive (check its ACL)",
+                self.topics.inspect,
+                self.topics.enroll
             ),
             Link::Down { reason, refused, resume } => {
                 self.on_down(reason, refused);
@@ -537,8 +540,10 @@ impl Manager {
             None => log::info!("mqtt: connected to {}", self.broker),
         }
         self.state.send_replace(ConnectionState::Connected);
-        if let Err(e) = self.client.try_subscribe(self.topics.inspect.clone(), QoS::AtLeastOnce) {
-            log::error!("mqtt: cannot subscribe to {}: {e}", self.topics.inspect);
+        let filters = [&self.topics.inspect, &self.topics.enroll]
+            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+        if let Err(e) = self.client.try_subscribe_many(filters) {
+            log::error!("mqtt: cannot subscribe to {} and {}: {e}", self.topics.inspect, self.topics.enroll);
         }
         if self.stopping.is_some() {
             self.top_up();
@@ -584,37 +589,37 @@ impl Manager {
     /// A publish from the broker: a command, checked and passed to the daemon, or refused with
     /// a `bad_command` event.
     fn on_message(&mut self, publish: Publish) {
-        if publish.topic != self.topics.inspect {
+        let parse: fn(&[u8]) -> Result<Command, super::command::BadCommand> = if publish.topic == self.topics.inspect {
+            |p| parse_inspect(p).map(Command::Inspect)
+        } else if publish.topic == self.topics.enroll {
+            |p| parse_enroll(p).map(Command::Enroll)
+        } else {
             log::debug!("mqtt: ignoring a message on {}", publish.topic);
             return;
-        }
+        };
         let parsed = if publish.retain {
             Err(super::command::BadCommand(
                 "retained command ignored (a retained command would run again on every connection)".into(),
             ))
         } else {
-            parse_inspect(&publish.payload)
+            parse(&publish.payload)
         };
         match parsed {
             Ok(command) => {
-                log::info!(
-                    "mqtt: inspect command (claim {:?}, ref {:?})",
-                    command.claim.as_deref().unwrap_or("-"),
-                    command.reference.as_deref().unwrap_or("-")
-                );
+                log::info!("mqtt: command on {}: {command:?}", publish.topic);
                 match self.commands.try_send(command) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        log::warn!("mqtt: inspect command dropped: {COMMAND_CAPACITY} commands already wait");
+                        log::warn!("mqtt: command dropped: {COMMAND_CAPACITY} commands already wait");
                         let payload = wire::event(
                             &self.device,
                             "command_dropped",
-                            json!({"reason": format!("busy: {COMMAND_CAPACITY} commands already wait")}),
+                            json!({"reason": format!("busy: {COMMAND_CAPACITY} commands already wait"), "topic": publish.topic}),
                         );
                         self.queue_event(payload);
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {
-                        log::warn!("mqtt: inspect command ignored: nothing takes commands");
+                        log::warn!("mqtt: command ignored: nothing takes commands");
                     }
                 }
             }

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-/// The topics of one device: `<base>/<device>/status|result|event|cmd/inspect`.
+/// The topics of one device: `<base>/<device>/status|result|event|cmd/inspect|cmd/enroll`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     /// Retained `online`/`offline` status, also the last will.
@@ -16,6 +16,8 @@ pub struct Topics {
     pub event: String,
     /// Subscribed: requests to inspect a part.
     pub inspect: String,
+    /// Subscribed: requests to enroll a machine from the next parts.
+    pub enroll: String,
 }
 
 impl Topics {
@@ -30,7 +32,13 @@ impl Topics {
             return Err(format!("device id {device:?} cannot be a topic level (no spaces, /, + or #)"));
         }
         let at = |leaf: &str| format!("{base}/{device}/{leaf}");
-        Ok(Self { status: at("status"), result: at("result"), event: at("event"), inspect: at("cmd/inspect") })
+        Ok(Self {
+            status: at("status"),
+            result: at("result"),
+            event: at("event"),
+            inspect: at("cmd/inspect"),
+            enroll: at("cmd/enroll"),
+        })
     }
 }
 
@@ -105,6 +113,7 @@ mod tests {
         assert_eq!(t.result, "factory/amfp/dock-3/result");
         assert_eq!(t.event, "factory/amfp/dock-3/event");
         assert_eq!(t.inspect, "factory/amfp/dock-3/cmd/inspect");
+        assert_eq!(t.enroll, "factory/amfp/dock-3/cmd/enroll");
         for (base, device) in [("amfp", "a/b"), ("amfp", "a+"), ("amfp", ""), ("", "d"), ("a#", "d"), ("/amfp", "d")] {
             assert!(Topics::new(base, device).is_err(), "{base:?} {device:?}");
         }
