@@ -19,6 +19,7 @@ use crate::capture::Frame;
 use crate::capture::file::read_frame;
 use crate::capture::source::{CaptureError, Captured, Grab};
 use crate::config::{GalleryChoice, Settings};
+use crate::daemon::enrollment::FRAMES_PER_PART;
 use crate::daemon::trigger::{DetectorSettings, PartDetector, Sighting};
 use crate::gallery::{self, Document, EnrollRequest, Enrolled, PartEmbedding, Refused};
 use crate::identify::{Identifier, IdentifyOptions, Inspection, load_models, model_paths, resolve_pixel_size};
@@ -348,10 +349,6 @@ fn embed_frame(
     };
     Ok((part, a))
 }
-
-/// How many frames a source may deliver per part asked for before enrollment gives up: parts
-/// that cannot be judged (out of focus, off the stage) are refused, not counted.
-const FRAMES_PER_PART: u32 = 3;
 
 /// `n` parts from the configured source: each frame of a part source (a watched directory,
 /// the simulator), or each part a live view shows once it is still (the `continuous` trigger's

@@ -274,3 +274,82 @@ fn writable(gallery: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn station(want: u32) -> Station {
+        let mut s = Station::new(EnrollSettings::default(), TrustSettings::default(), "dock-1").unwrap();
+        let request = EnrollRequest {
+            label: "F3B-9".into(),
+            process: None,
+            notes: None,
+            why: None,
+            by: "t".into(),
+            reenroll: false,
+            max_confusion: 0.01,
+        };
+        s.active = Some(Active {
+            request,
+            want,
+            reference: Some("T-1".into()),
+            parts: Vec::new(),
+            refused: Vec::new(),
+            judged: 0,
+        });
+        s
+    }
+
+    fn part(i: usize, verdict: &str) -> Attribution {
+        serde_json::from_value(json!({
+            "id": format!("01ENR{i:021}"), "device": "dock-1", "time": "2026-12-05T12:00:00Z",
+            "source": {"kind": "directory", "name": format!("part-{i}.png")},
+            "model": {"name": "m", "task": "machine", "sha256": "00"},
+            "verdict": verdict, "label": null, "score": 0.5, "margin": 0.1, "top": [], "reason": "too dark",
+            "embedding": [0.5, 0.25],
+            "timing_ms": {"capture": 1.0, "preprocess": 2.0, "inference": 3.0, "total": 6.0}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn parts_are_taken_until_the_enrollment_is_ready() {
+        let mut s = station(3);
+        for i in 0..2 {
+            let mut a = part(i, "unknown");
+            assert!(matches!(s.take(&mut a), Some(Step::More(_))));
+            let note = a.enrollment.as_ref().unwrap();
+            assert_eq!((note.taken, note.parts, note.of), (true, i as u32 + 1, 3));
+            assert!(a.judgement.embedding.is_none(), "the embedding is taken, not published");
+        }
+        let mut rejected = part(2, "rejected");
+        let Some(Step::More(e)) = s.take(&mut rejected) else { panic!() };
+        assert_eq!((e["taken"].as_bool(), e["reason"].as_str()), (Some(false), Some("cannot be judged: too dark")));
+        let Some(Step::Ready(e, ready)) = s.take(&mut part(3, "unknown")) else { panic!() };
+        assert_eq!((e["parts"].as_u64(), ready.label(), ready.active.parts.len()), (Some(3), "F3B-9", 3));
+        assert!(!s.is_active() && s.take(&mut part(4, "unknown")).is_none());
+    }
+
+    #[test]
+    fn an_enrollment_gives_up_after_too_many_unusable_frames() {
+        let mut s = station(3);
+        for i in 0..FRAMES_PER_PART * 3 - 1 {
+            assert!(matches!(s.take(&mut part(i as usize, "rejected")), Some(Step::More(_))));
+        }
+        let Some(Step::Failed(e)) = s.take(&mut part(99, "rejected")) else { panic!() };
+        assert_eq!((e["state"].as_str(), e["ref"].as_str()), (Some("failed"), Some("T-1")));
+        assert!(e["reason"].as_str().unwrap().contains("9 frames judged, only 0 of 3 parts usable"), "{e}");
+        assert_eq!(e["refused"].as_array().unwrap().len(), 9);
+        assert!(!s.is_active());
+    }
+
+    #[test]
+    fn a_cancel_needs_an_enrollment_under_way() {
+        let mut s = Station::new(EnrollSettings::default(), TrustSettings::default(), "dock-1").unwrap();
+        assert!(s.cancel(None).unwrap_err().contains("no enrollment is under way"));
+        let mut s = station(3);
+        let e = s.cancel(None).unwrap();
+        assert_eq!((e["state"].as_str(), e["ref"].as_str()), (Some("cancelled"), Some("T-1")));
+    }
+}

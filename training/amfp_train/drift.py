@@ -28,7 +28,11 @@ monitor's defaults (k = 0.5, h = 10, clamp 4) were set before the first run; the
 in the report show the trade-off, not the shipped setting.
 
     python -m amfp_train.drift --amfp ../target/release/amfp --model ../models/amfp-synth-v3.int8.onnx \\
-        --out ../build/drift [--quick] [--md ../models/amfp-synth-v3.drift.md]
+        --out ../build/drift [--quick | --station] [--md ../models/amfp-synth-v3.drift.md]
+
+``--station`` runs the station-rate preset (every build, 2 parts per machine and build, builds
+1-100; its own seeds): whether the alarm comes first when the monitor sees parts as often as a
+line station does.
 """
 from __future__ import annotations
 
@@ -47,8 +51,12 @@ from .openset import DEFAULT_FLEET, Record, identify, run_cmd, synth
 log = logging.getLogger("amfp_train.drift")
 
 BASE_SEED = 62_000
-SEED_OFFSETS = {"drifting": 1, "stable": 501}  # + the build point's index
+# + the build point's index; the station preset has its own seeds.
+SEED_OFFSETS = {"drifting": 1, "stable": 501, "station-drifting": 1001, "station-stable": 1501}
 FULL = {"last_build": 200, "step": 5, "drifting_parts": 2, "stable_parts": 3}
+# A line station sees every build's parts: 2 per machine and build (5x the full run's rate),
+# every build up to 100, where the SLA and FDM machines have long drifted.
+STATION = {"last_build": 100, "step": 1, "drifting_parts": 2, "stable_parts": 1}
 QUICK = {"last_build": 41, "step": 20, "drifting_parts": 1, "stable_parts": 1}
 QUICK_MACHINES = ["F3B-1", "M2-1"]
 RIGHT_BAR = 0.95
@@ -281,13 +289,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--fleet", default=str(DEFAULT_FLEET))
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="two machines, three builds: keeps the harness working")
+    ap.add_argument("--station", action="store_true", help="station rate: every build, 2 parts per machine and build")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--md")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.time()
-    size = QUICK if a.quick else FULL
+    size = QUICK if a.quick else STATION if a.station else FULL
+    prefix = "station-" if a.station else ""
+    d_seed, s_seed = (BASE_SEED + SEED_OFFSETS[prefix + k] for k in ("drifting", "stable"))
     model = str(Path(a.model).resolve())
     gallery = Path(a.gallery) if a.gallery else Path(re.sub(r"\.onnx$", "", model) + ".gallery.json")
     out = Path(a.out)
@@ -305,10 +316,10 @@ def main(argv=None) -> dict:
 
     log.info("drifting stream: %d machines x %d builds x %d parts", len(machines), len(builds), size["drifting_parts"])
     d_rows = stream(a.amfp, fleet, out / "drifting", machines, builds, size["drifting_parts"],
-                    BASE_SEED + SEED_OFFSETS["drifting"], a.threads)
+                    d_seed, a.threads)
     log.info("stable stream: %d machines x %d builds x %d parts", len(machines), len(builds), size["stable_parts"])
     s_rows = stream(a.amfp, still, out / "stable", machines, builds, size["stable_parts"],
-                    BASE_SEED + SEED_OFFSETS["stable"], a.threads)
+                    s_seed, a.threads)
     modes = {}
     for mode, claim in (("claimed", True), ("nearest", False)):
         d_res = judge(a.amfp, model, gallery, d_rows, out / f"drifting-{mode}.jsonl", a.threads, claim)
@@ -318,9 +329,7 @@ def main(argv=None) -> dict:
     bars = modes["claimed"]["bars"]
     res = {"model": Path(model).name, "gallery": str(gallery), "quick": a.quick,
            "command": "python -m amfp_train.drift " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
-           "seeds": f"{BASE_SEED + SEED_OFFSETS['drifting']}-{BASE_SEED + SEED_OFFSETS['drifting'] + len(builds) - 1} "
-                    f"(drifting), {BASE_SEED + SEED_OFFSETS['stable']}-"
-                    f"{BASE_SEED + SEED_OFFSETS['stable'] + len(builds) - 1} (stable)",
+           "seeds": f"{d_seed}-{d_seed + len(builds) - 1} (drifting), {s_seed}-{s_seed + len(builds) - 1} (stable)",
            "builds": builds, "step": size["step"], "allowance": d_rep["allowance"], "threshold": d_rep["threshold"],
            "modes": {k: {kk: vv for kk, vv in v.items() if kk != "report"} for k, v in modes.items()},
            "bars": bars, "seconds": time.time() - t0}

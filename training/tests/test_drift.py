@@ -59,7 +59,7 @@ def test_the_build_below_95_percent_comes_from_a_non_increasing_fit():
 
 
 def test_benchmark_seeds_are_used_nowhere_else():
-    n = len(range(1, drift.FULL["last_build"] + 1, drift.FULL["step"]))
+    n = max(len(range(1, p["last_build"] + 1, p["step"])) for p in (drift.FULL, drift.STATION))
     seeds = {drift.BASE_SEED + o + i for o in drift.SEED_OFFSETS.values() for i in range(n)}
     assert len(seeds) == n * len(drift.SEED_OFFSETS)
     others = {openset.BASE_SEED + o for o in openset.SEED_OFFSETS.values()}
