@@ -367,7 +367,12 @@ fn from_source(
         "taking {n} parts from {} {}{}",
         described.kind,
         described.name,
-        if live { ": place each part under the camera and hold it still until it is taken" } else { "" }
+        if live {
+            ": the first frame is the empty stage, so start with the stage empty; then place each part under \
+             the camera, hold it still until it is taken, and take it away"
+        } else {
+            ""
+        }
     );
     let (mut parts, mut refused, mut judged) = (Vec::new(), Vec::new(), 0u32);
     let mut lost = false;
