@@ -3,9 +3,10 @@
 //! The crate is a library with a thin CLI on top (`src/main.rs`), so that the one-shot commands,
 //! the daemon and the tests share one pipeline. See `docs/` for the design of each part.
 //!
-//! The pipeline, module by module (shared/DESIGN.md):
+//! The pipeline, module by module (docs/preprocessing.md, docs/identify.md):
 //! `capture` (frames) → `optics` (exposure, envelope, resampling) → `roi` (part mask, ROIs) →
-//! `model` (tract) → `vote` → `result` (the Attribution); `identify` strings them together.
+//! `model` (onnxruntime or tract) → `vote` and `gallery` → `result` (the Attribution); `identify`
+//! strings them together.
 
 pub mod atomic_file;
 pub mod calibrate;

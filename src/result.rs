@@ -1,8 +1,8 @@
 //! The `Attribution`: one value per inspected part, the same for every sink.
 //!
 //! The CLI prints it (a table or one JSON line), the daemon publishes it over MQTT, and the
-//! tests read it back. Its JSON form is the contract with fleet managers (shared/DESIGN.md,
-//! docs/result.md): fields are only ever added, never renamed.
+//! tests read it back. Its JSON form is the contract with fleet managers (docs/identify.md,
+//! "The Attribution"): fields are only ever added, never renamed.
 
 use serde::{Deserialize, Serialize};
 

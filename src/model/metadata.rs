@@ -3,7 +3,7 @@
 //! A model describes itself, so that the daemon needs no side files and cannot pair a model
 //! with the wrong labels or the wrong pixel size. This module parses and validates those keys;
 //! a missing or malformed key is an error that names it, and every problem is reported at once.
-//! The table of keys is in shared/DESIGN.md and docs/model-contract.md.
+//! The table of keys is in docs/model-contract.md.
 
 use std::collections::BTreeMap;
 

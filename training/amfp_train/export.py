@@ -1,4 +1,4 @@
-"""Export a checkpoint to the ONNX model the daemon loads (DESIGN.md's metadata contract).
+"""Export a checkpoint to the ONNX model the daemon loads (the metadata contract, docs/model-contract.md).
 
 * opset 17, ``torch.onnx.export(..., dynamo=False)``: the TorchScript exporter
   gives the plain Conv/Relu/GlobalAveragePool/Gemm graph tract loads; the

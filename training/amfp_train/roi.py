@@ -3,7 +3,7 @@
 The paper cuts 448x448 ROIs at random and resamples a crop until its mean
 brightness passes a threshold, so that ROIs show part surface and not the
 scanner lid. We do the same thing more explicitly, and exactly as the daemon
-does (DESIGN.md, "ROI sampler"): an Otsu threshold separates the (brighter)
+does (docs/preprocessing.md, "Part mask and surface"): an Otsu threshold separates the (brighter)
 part from the dark background, and a crop is accepted when at least
 ``min_foreground`` of its pixels are on the part. Holes in a part are
 background, so ROIs over holes are rejected too.
