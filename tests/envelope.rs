@@ -158,6 +158,8 @@ fn finer_pixels_are_resampled_and_identified_like_native_ones() {
     );
     assert!(finer.wrong <= native.wrong, "resampled parts named wrongly: {} (native {})", finer.wrong, native.wrong);
     assert!(native.named >= 0.9, "native scans named right: {:.3}", native.named);
+    // An absolute floor besides the comparison: both at 0 % must not pass.
+    assert!(native.vote >= 0.9, "native scans, vote accuracy: {:.3}", native.vote);
 }
 
 /// Microscope-mode parts (ring light, vignetting, the microscope's optics and sensor) at 5.3 µm,
@@ -172,4 +174,6 @@ fn microscope_parts_are_identified_like_scanner_parts() {
     println!("named right: scanner {scanner:.3}, microscope {microscope:.3} (24 parts each)");
     let se = difference_se(scanner, microscope, 24.0);
     assert!(microscope >= scanner - 2.0 * se, "microscope {microscope:.3} vs scanner {scanner:.3} (se {se:.3})");
+    // An absolute floor besides the comparison: both at 0 % must not pass.
+    assert!(scanner >= 0.9, "scans named right: {scanner:.3}");
 }

@@ -113,6 +113,8 @@ fn three_microscope_frames_of_a_part_vote_together_at_scanner_accuracy() {
     assert!(together >= single, "three frames {together:.3} must do at least as well as one {single:.3}");
     let se = (scanner.max(0.5) * (1.0 - scanner).max(0.04) / n).sqrt();
     assert!(together >= scanner - 2.0 * se, "3 microscope frames {together:.3} vs scanner {scanner:.3} (se {se:.3})");
+    // An absolute floor besides the comparisons: all at 0 % must not pass.
+    assert!(scanner >= 0.9, "scans: machine accuracy {scanner:.3}");
 }
 
 /// A black frame among the frames of a part is left out, named with its reason, and the part is
