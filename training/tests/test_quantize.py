@@ -33,4 +33,9 @@ def test_int8_runs_and_agrees(quantized, exported):
     s32 = ort.InferenceSession(str(exported["path"]), providers=["CPUExecutionProvider"])
     y8, y32 = s8.run(None, {"input": x})[0], s32.run(None, {"input": x})[0]
     assert y8.shape == y32.shape and np.isfinite(y8).all()
+    # The outputs themselves agree, not only their shapes (measured 2026-12-06: correlation
+    # 0.995, argmax 13 of 16, largest difference 0.11 on outputs up to 0.74).
+    assert np.corrcoef(y8.ravel(), y32.ravel())[0, 1] >= 0.98
+    assert (y8.argmax(1) == y32.argmax(1)).mean() >= 0.75
+    assert np.abs(y8 - y32).max() <= 0.2
     assert quantized["info"]["argmax_agreement_calib"] >= 0.8
