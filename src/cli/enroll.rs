@@ -19,11 +19,11 @@ use crate::capture::Frame;
 use crate::capture::file::read_frame;
 use crate::capture::source::{CaptureError, Captured, Grab};
 use crate::config::{GalleryChoice, Settings};
-use crate::daemon::enrollment::FRAMES_PER_PART;
+use crate::daemon::enrollment::{FRAMES_PER_PART, part_of};
 use crate::daemon::trigger::{DetectorSettings, PartDetector, Sighting};
 use crate::gallery::{self, Document, EnrollRequest, Enrolled, PartEmbedding, Refused};
 use crate::identify::{Identifier, IdentifyOptions, Inspection, load_models, model_paths, resolve_pixel_size};
-use crate::result::{Attribution, SourceInfo, Verdict};
+use crate::result::{Attribution, SourceInfo};
 use crate::trust::SecretKey;
 
 /// Arguments of `amfp enroll`.
@@ -338,16 +338,7 @@ fn embed_frame(
         capture_ms,
     };
     let (mut a, _) = identifier.identify_for_enrollment(&inspection, false)?;
-    let source = a.source.name.clone();
-    let part = match (a.judgement.verdict, a.judgement.embedding.take()) {
-        (Verdict::Rejected, _) => Err(Refused {
-            source,
-            reason: format!("cannot be judged: {}", a.judgement.reason.clone().unwrap_or_default()),
-        }),
-        (_, Some(embedding)) => Ok(PartEmbedding { source, embedding }),
-        (_, None) => Err(Refused { source, reason: "the model gave no embedding".into() }),
-    };
-    Ok((part, a))
+    Ok((part_of(&mut a), a))
 }
 
 /// `n` parts from the configured source: each frame of a part source (a watched directory,

@@ -143,22 +143,14 @@ impl Station {
     pub fn take(&mut self, attribution: &mut Attribution) -> Option<Step> {
         let a = self.active.as_mut()?;
         a.judged += 1;
-        let source = attribution.source.name.clone();
-        let embedding = attribution.judgement.embedding.take();
-        let refusal = match (&attribution.judgement.verdict, embedding) {
-            (Verdict::Rejected, _) => {
-                Err(format!("cannot be judged: {}", attribution.judgement.reason.clone().unwrap_or_default()))
-            }
-            (_, Some(embedding)) => Ok(embedding),
-            (_, None) => Err("the model gave no embedding".to_string()),
-        };
-        let reason = match refusal {
-            Ok(embedding) => {
-                a.parts.push(PartEmbedding { source, embedding });
+        let reason = match part_of(attribution) {
+            Ok(part) => {
+                a.parts.push(part);
                 None
             }
-            Err(reason) => {
-                a.refused.push(Refused { source, reason: reason.clone() });
+            Err(refused) => {
+                let reason = refused.reason.clone();
+                a.refused.push(refused);
                 Some(reason)
             }
         };
@@ -227,12 +219,7 @@ impl Ready {
                 return (failed(a, &format!("version {} was written but does not load: {e}", committed.version)), None);
             }
         };
-        let refused: Vec<Value> = a
-            .refused
-            .iter()
-            .chain(&enrollment.refused)
-            .map(|r| json!({"source": r.source, "reason": r.reason}))
-            .collect();
+        let refused: Vec<&Refused> = a.refused.iter().chain(&enrollment.refused).collect();
         let event = json!({
             "state": "done", "label": a.request.label, "action": action, "parts": enrollment.parts, "of": a.want,
             "refused": refused, "version": committed.version, "sha256": committed.sha256,
@@ -245,22 +232,34 @@ impl Ready {
     }
 }
 
+/// Takes the embedding out of a part judged with [`Identifier::identify_for_enrollment`]: the
+/// part to enroll, or why it cannot be used. `amfp enroll` and the station both use it.
+pub fn part_of(attribution: &mut Attribution) -> Result<PartEmbedding, Refused> {
+    let source = attribution.source.name.clone();
+    let judgement = &mut attribution.judgement;
+    match (judgement.verdict, judgement.embedding.take()) {
+        (Verdict::Rejected, _) => Err(Refused {
+            source,
+            reason: format!("cannot be judged: {}", judgement.reason.as_deref().unwrap_or_default()),
+        }),
+        (_, Some(embedding)) => Ok(PartEmbedding { source, embedding }),
+        (_, None) => Err(Refused { source, reason: "the model gave no embedding".into() }),
+    }
+}
+
 /// The `failed` event of an enrollment.
 fn failed(a: &Active, reason: &str) -> Value {
-    let refused: Vec<Value> = a.refused.iter().map(|r| json!({"source": r.source, "reason": r.reason})).collect();
     json!({"state": "failed", "label": a.request.label, "reason": reason, "parts": a.parts.len(), "of": a.want,
-           "refused": refused, "ref": a.reference})
+           "refused": a.refused, "ref": a.reference})
 }
 
 /// Refuses a gallery the daemon cannot write a new version of: its folder (the new file is
 /// renamed into it) and its versions folder must be writable by this process.
 fn writable(gallery: &Path) -> Result<(), String> {
     let folder = gallery.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let versions = gallery::versions_dir(gallery);
-    for dir in [folder, versions.as_path()] {
-        if !dir.exists() && dir == versions.as_path() {
-            continue; // made by the commit, in the gallery's folder checked above
-        }
+    // A versions folder that does not exist yet is made by the commit, in the gallery's folder.
+    let versions = Some(gallery::versions_dir(gallery)).filter(|v| v.exists());
+    for dir in std::iter::once(folder).chain(versions.as_deref()) {
         let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| "a path with a NUL byte")?;
         // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
         if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {

@@ -483,13 +483,14 @@ async fn capture_loop(
                 Some(Command::Inspect(cmd)) => Some(cmd),
                 None => None,
             };
-            match (trigger, inspect) {
-                (_, None) => {}
-                (TriggerKind::Interval | TriggerKind::Command, Some(cmd)) => wanted = accepted(cmd, &identifier, &mqtt),
-                // `each` and `continuous` look at every frame; a command on a live view
-                // judges the next frame at once.
-                (_, Some(cmd)) if live => wanted = accepted(cmd, &identifier, &mqtt),
-                (_, Some(cmd)) => {
+            // `each` and `continuous` look at every frame; a command on a live view judges
+            // the next frame at once.
+            match inspect {
+                None => {}
+                Some(cmd) if live || matches!(trigger, TriggerKind::Interval | TriggerKind::Command) => {
+                    wanted = accepted(cmd, &identifier, &mqtt)
+                }
+                Some(cmd) => {
                     log::warn!("inspect command ignored: every part of a part source is judged anyway");
                     event(
                         &mqtt,

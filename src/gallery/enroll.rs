@@ -27,8 +27,8 @@ pub struct PartEmbedding {
     pub embedding: Vec<f32>,
 }
 
-/// A part left out of the fingerprint, and why.
-#[derive(Debug, Clone, PartialEq)]
+/// A part left out of the fingerprint, and why (serialised as the `enrollment` events list it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Refused {
     pub source: String,
     pub reason: String,
